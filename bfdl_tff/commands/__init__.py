@@ -1,0 +1,1 @@
+"""``bfdl`` subcommands: one module per command, each exposing ``register(subparsers)``."""

@@ -1,0 +1,339 @@
+"""Experiment configuration: YAML files under ``configs/`` loaded into typed dataclasses.
+
+Validation is strict and every error names the file and the dotted key:
+unknown keys, wrong types and impossible values raise :class:`bfdl_tff.errors.ConfigError`
+(``bfdl`` prints it on one line and exits with code 2).
+
+Field constraints live in ``dataclasses.field(metadata=...)``:
+``choices`` (allowed values), ``min`` / ``max`` (inclusive), ``gt`` (exclusive lower bound).
+Cross-field checks go in a ``check(self) -> list[tuple[str, str]]`` method returning
+``(key, message)`` pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from bfdl_tff.errors import ConfigError
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+def _c(default: Any, **meta: Any) -> Any:
+    """Shorthand for a field with a default and validation metadata."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections. Ownership: data -> DataConfig, models -> ModelRef, federated core -> FederatedConfig,
+# PrivacyConfig, EvalConfig; ledger/integration -> LedgerConfig, KeysConfig.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are split into hospitals (paper 3.1)."""
+
+    source: str = _c("synthetic", choices=("synthetic", "nih", "chestmnist"))
+    # Dataset root in the NIH layout (Data_Entry_2017.csv + images/); for `synthetic` it is
+    # generated there if missing. Relative paths are resolved against the repository root.
+    root: str = "data/synthetic"
+    # Directory with hospital_a.csv ... and test.csv. Empty: partition at run time into the run dir.
+    manifests: str = ""
+    image_size: int = _c(64, min=16, max=1024)
+    hospitals: int = _c(3, min=1, max=10)
+    scheme: str = _c("dirichlet", choices=("iid", "dirichlet", "quantity", "site"))
+    alpha: float = _c(0.5, gt=0.0)
+    test_fraction: float = _c(0.2, gt=0.0, max=0.9)
+    val_fraction: float = _c(0.1, min=0.0, max=0.9)
+    # Synthetic generator settings (used only when source == synthetic).
+    synth_images: int = _c(1500, min=10)
+    synth_site_shift: bool = True
+    # ChestMNIST .npz path (source == chestmnist).
+    npz: str = ""
+
+
+@dataclass
+class ModelRef:
+    """Which Keras model: a registry config name or a path to a model config file."""
+
+    config: str = "small_cnn"
+    # Optional overrides applied on top of the model config (e.g. {dropout: 0.2}).
+    overrides: dict = _c({})
+
+
+@dataclass
+class FederatedConfig:
+    """FedAvg schedule (paper 2.1: w_{t+1} = sum_k n_k/n w_t^k)."""
+
+    rounds: int = _c(10, min=1)
+    local_epochs: int = _c(1, min=1)
+    batch_size: int = _c(16, min=1)
+    clients_per_round: int = _c(0, min=0)  # 0 = all hospitals take part every round
+    client_optimizer: str = _c("sgd", choices=("sgd", "adam"))
+    client_lr: float = _c(0.05, gt=0.0)
+    client_momentum: float = _c(0.9, min=0.0, max=1.0)
+    server_optimizer: str = _c("sgd", choices=("sgd", "adam"))
+    server_lr: float = _c(1.0, gt=0.0)
+    server_momentum: float = _c(0.0, min=0.0, max=1.0)
+    # Centralized arm: epochs over the pooled data = rounds * local_epochs by default.
+    centralized_epochs: int = _c(0, min=0)
+
+
+@dataclass
+class PrivacyConfig:
+    """Differential privacy and secure aggregation (paper 3.1, 3.5)."""
+
+    mode: str = _c("sample", choices=("none", "client", "sample"))
+    target_epsilon: float = _c(1.0, gt=0.0)
+    delta: float = _c(1e-5, gt=0.0, max=0.1)
+    # Set explicitly to skip calibration; 0 = calibrate from target_epsilon.
+    noise_multiplier: float = _c(0.0, min=0.0)
+    l2_clip: float = _c(1.0, gt=0.0)
+    adaptive_clipping: bool = False
+    accountant: str = _c("rdp", choices=("rdp", "pld"))
+    secure_sum: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every: int = _c(1, min=1)
+    threshold_rule: str = _c("youden_val", choices=("youden_val", "f1_val", "fixed"))
+    fixed_threshold: float = _c(0.5, gt=0.0, max=1.0)
+
+
+@dataclass
+class LedgerConfig:
+    """The PBFT ledger behind the B-FDL round hook (paper 3.4)."""
+
+    enabled: bool = True
+    replicas: int = _c(4, min=1, max=31)
+    transport: str = _c("inproc", choices=("inproc", "tcp"))
+    checkpoint_interval: int = _c(10, min=1)
+    batch_size: int = _c(64, min=1)
+    epsilon_cap: float = _c(0.0, min=0.0)  # 0 = use privacy.target_epsilon
+
+
+@dataclass
+class KeysConfig:
+    backend: str = _c("local", choices=("local", "vault"))
+    # Local keystore directory; empty = <run_dir>/keys.
+    path: str = ""
+    vault_url: str = "http://127.0.0.1:8200"
+    vault_mount: str = "transit"
+    # The token is read from this environment variable, never from a file in the repository.
+    vault_token_env: str = "VAULT_TOKEN"
+
+
+@dataclass
+class SeedConfig:
+    """Seeds for every random choice (derived from ``seed`` when left at -1)."""
+
+    partition: int = -1
+    model_init: int = -1
+    client_sampling: int = -1
+    dp_noise: int = -1
+    data_shuffle: int = -1
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    arm: str = _c("bfdl", choices=("centralized", "federated", "bfdl"))
+    seed: int = _c(0, min=0)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelRef = field(default_factory=ModelRef)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
+    seeds: SeedConfig = field(default_factory=SeedConfig)
+
+    def check(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        if self.federated.clients_per_round > self.data.hospitals:
+            problems.append(
+                (
+                    "federated.clients_per_round",
+                    f"{self.federated.clients_per_round} exceeds data.hospitals={self.data.hospitals}",
+                )
+            )
+        if self.ledger.replicas > 1 and (self.ledger.replicas - 1) % 3 != 0:
+            problems.append(("ledger.replicas", f"must be 3f+1 (1, 4, 7, 10, ...), got {self.ledger.replicas}"))
+        return problems
+
+    def resolved_seeds(self) -> dict[str, int]:
+        """Every seed the run uses, with unset ones derived deterministically from ``seed``."""
+        out = {}
+        for i, f in enumerate(dataclasses.fields(SeedConfig)):
+            v = getattr(self.seeds, f.name)
+            out[f.name] = v if v >= 0 else self.seed * 1000 + i + 1
+        out["seed"] = self.seed
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Generic loader
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, *, source: str, key: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, source=source, key=key)
+            except ConfigError as e:
+                errors.append(e.message)
+        raise ConfigError(source, key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(source, key, f"must be one of {list(get_args(tp))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"expected a mapping (section), got {type(value).__name__}")
+        return from_dict(tp, value, source=source, prefix=key)
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(source, key, f"expected a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = get_args(tp)[:1] or (Any,)
+        return [
+            _convert(v, item_tp, source=source, key=f"{key}[{i}]") for i, v in enumerate(value)
+        ]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(source, key, f"expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, key, f"expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(source, key, f"expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(source, key, f"expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(source, key, f"unsupported field type {_type_name(tp)}")
+
+
+def _check_meta(value: Any, meta: typing.Mapping[str, Any], *, source: str, key: str) -> None:
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(source, key, f"must be one of {list(meta['choices'])}, got {value!r}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(source, key, f"must be >= {meta['min']}, got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(source, key, f"must be <= {meta['max']}, got {value!r}")
+    if "gt" in meta and not value > meta["gt"]:
+        raise ConfigError(source, key, f"must be > {meta['gt']}, got {value!r}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict>", prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, strictly: unknown keys and wrong types fail."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, prefix, f"expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(source, key, f"unknown key (known keys: {known})")
+        f = fields[k]
+        converted = _convert(v, hints[k], source=source, key=key)
+        _check_meta(converted, f.metadata, source=source, key=key)
+        kwargs[k] = converted
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if callable(check):
+        for key, msg in check():
+            raise ConfigError(source, f"{prefix}.{key}" if prefix else key, msg)
+    return obj
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError(source, "", "file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(source, where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, "", f"top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, cls: type[T] = ExperimentConfig, *, overrides: dict[str, Any] | None = None) -> T:  # type: ignore[assignment]
+    """Load a YAML config file into ``cls``; ``overrides`` is a dotted-key mapping applied first."""
+    data = load_yaml_mapping(path)
+    for dotted, value in (overrides or {}).items():
+        cur = data
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+            if not isinstance(cur, dict):
+                raise ConfigError(str(path), dotted, "override path crosses a non-mapping value")
+        cur[parts[-1]] = value
+    return from_dict(cls, data, source=str(path))
+
+
+def resolve_experiment_config(name_or_path: str) -> Path:
+    """``smoke`` -> configs/experiments/smoke.yaml; a path is returned as is."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    cand = CONFIG_DIR / "experiments" / f"{name_or_path}.yaml"
+    if not cand.exists():
+        raise ConfigError(str(cand), "", "no such experiment config")
+    return cand
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj) if dataclasses.is_dataclass(obj) else obj, sort_keys=False)

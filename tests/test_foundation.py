@@ -63,18 +63,10 @@ def test_invalid_yaml_reports_line(tmp_path):
 
 def test_cli_malformed_config_exit_2_one_line(tmp_path, capsys):
     p = write(tmp_path, "federated:\n  rounds: -4\n")
-    rc = cli.main(["config", "check", str(p)]) if _has_config_cmd() else _check_via_info(p)
+    rc = cli.main(["config", "check", str(p)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and str(p) in err[0] and "federated.rounds" in err[0]
-
-
-def _has_config_cmd() -> bool:
-    return "config" in cli.build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-
-
-def _check_via_info(p):  # pragma: no cover - config command is part of the CLI
-    raise AssertionError("bfdl config check is missing")
 
 
 def test_every_checked_in_experiment_config_is_valid():

@@ -1,0 +1,145 @@
+"""Leakage metrics shared by the attacks (paper 3.3 / 3.5, claim C3).
+
+The paper reports a "privacy leakage (inversion attack rate)" without defining it. This module
+holds the definitions the reproduction uses instead (see ``docs/privacy.md``):
+
+- :func:`wilson_interval`: 95% Wilson score interval of a success proportion.
+- :func:`psnr`, :func:`ssim`: image similarity in [0, 1] intensity units. SSIM is
+  ``tf.image.ssim`` (Wang et al. 2004, 11x11 Gaussian window, sigma 1.5, K1=0.01, K2=0.03);
+  the window shrinks for images smaller than 11 px.
+- :func:`reidentifies`: the true image is the nearest neighbour (pixel L2) of the
+  reconstruction among the target and >= 100 other images of the same hospital.
+- :func:`roc_summary`: AUC, attacker advantage max(TPR - FPR) (Yeom et al. 2018) and TPR at
+  fixed low FPR (Carlini et al. 2022) of a membership score.
+- :func:`dp_tpr_bound`: the largest TPR any test can reach at a given FPR against an
+  (epsilon, delta)-DP mechanism (hypothesis-testing view of DP, Kairouz, Oh & Viswanath 2015):
+  ``TPR <= min(e^eps * FPR + delta, 1 - e^-eps * (1 - delta - FPR))``.
+
+Everything here is numpy (SSIM imports TensorFlow lazily).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+def wilson_interval(successes: int, n: int, *, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for ``successes`` out of ``n`` (95% by default); (0, 1) if n == 0."""
+    if n < 0 or successes < 0 or successes > n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes}/{n}")
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def psnr(a: np.ndarray, b: np.ndarray, *, max_val: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB of two images of the same shape (inf if identical)."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    if mse == 0.0:
+        return float("inf")
+    return float(10.0 * math.log10(max_val * max_val / mse))
+
+
+def ssim(a: np.ndarray, b: np.ndarray, *, max_val: float = 1.0) -> float:
+    """Structural similarity of two images ``[H, W, C]`` with values in [0, max_val]."""
+    import tensorflow as tf
+
+    a = np.asarray(a, np.float32)
+    b = np.asarray(b, np.float32)
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"ssim needs two [H, W, C] images of the same shape, got {a.shape} and {b.shape}")
+    size = int(min(11, a.shape[0], a.shape[1]))
+    sigma = 1.5 * size / 11.0
+    val = tf.image.ssim(tf.constant(a), tf.constant(b), max_val=max_val, filter_size=size, filter_sigma=sigma)
+    return float(val.numpy())
+
+
+def ssim_matrix(recs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """SSIM of every reconstruction (rows) against every target (columns)."""
+    import tensorflow as tf
+
+    recs = np.asarray(recs, np.float32)
+    targets = np.asarray(targets, np.float32)
+    r, t = len(recs), len(targets)
+    size = int(min(11, recs.shape[1], recs.shape[2]))
+    sigma = 1.5 * size / 11.0
+    a = np.repeat(recs, t, axis=0)
+    b = np.tile(targets, (r, 1, 1, 1))
+    vals = tf.image.ssim(tf.constant(a), tf.constant(b), max_val=1.0, filter_size=size, filter_sigma=sigma)
+    return vals.numpy().reshape(r, t).astype(np.float64)
+
+
+def reidentifies(reconstruction: np.ndarray, target_index: int, gallery: np.ndarray) -> bool:
+    """True iff ``gallery[target_index]`` is the nearest neighbour (pixel L2) of ``reconstruction``.
+
+    ``gallery`` holds the target and the other images of the same hospital (>= 101 images for the
+    project's success criterion; the caller checks the size). Ties count as failure."""
+    g = np.asarray(gallery, np.float64).reshape(len(gallery), -1)
+    r = np.asarray(reconstruction, np.float64).reshape(1, -1)
+    d = np.sum((g - r) ** 2, axis=1)
+    best = float(d[target_index])
+    others = np.delete(d, target_index)
+    return bool(others.size == 0 or best < float(others.min()))
+
+
+def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target_fpr: float) -> float:
+    """Largest TPR among ROC points with FPR <= ``target_fpr`` (0 if there is none)."""
+    ok = fpr <= target_fpr + 1e-12
+    return float(tpr[ok].max()) if np.any(ok) else 0.0
+
+
+def roc_summary(scores_members: Sequence[float], scores_nonmembers: Sequence[float]) -> dict[str, float]:
+    """AUC, advantage and TPR at 0.1% / 1% FPR for "higher score = more likely a member".
+
+    Note that TPR at 0.1% FPR is only resolved with >= 1000 non-members; with fewer, the value is
+    the TPR at zero false positives (``n_nonmembers`` tells the reader)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    m = np.asarray(scores_members, np.float64)
+    n = np.asarray(scores_nonmembers, np.float64)
+    if m.size == 0 or n.size == 0:
+        raise ValueError("need at least one member and one non-member score")
+    y = np.concatenate([np.ones(m.size), np.zeros(n.size)])
+    s = np.concatenate([m, n])
+    s = np.nan_to_num(s, nan=-np.inf)
+    fpr, tpr, _ = roc_curve(y, s)
+    return {
+        "auc": float(roc_auc_score(y, s)),
+        "advantage": float(np.max(tpr - fpr)),
+        "tpr_at_fpr_0.001": tpr_at_fpr(fpr, tpr, 0.001),
+        "tpr_at_fpr_0.01": tpr_at_fpr(fpr, tpr, 0.01),
+    }
+
+
+def dp_tpr_bound(epsilon: float, delta: float, fpr: float) -> float:
+    """Upper bound on a membership test's TPR at ``fpr`` against an (epsilon, delta)-DP algorithm.
+
+    Kairouz, Oh & Viswanath (2015), Theorem 2.1: every rejection region satisfies
+    ``FPR + e^eps * FNR >= 1 - delta`` and ``FNR + e^eps * FPR >= 1 - delta``, hence
+    ``TPR <= min(e^eps * FPR + delta, 1 - e^-eps * (1 - delta - FPR))`` (clipped to [0, 1])."""
+    if epsilon < 0 or not 0 <= delta <= 1 or not 0 <= fpr <= 1:
+        raise ValueError(f"invalid (epsilon, delta, fpr) = ({epsilon}, {delta}, {fpr})")
+    if math.isinf(epsilon):
+        return 1.0
+    a = math.exp(epsilon) * fpr + delta
+    b = 1.0 - math.exp(-epsilon) * (1.0 - delta - fpr)
+    return float(min(1.0, max(0.0, min(a, b))))
+
+
+__all__ = [
+    "dp_tpr_bound",
+    "psnr",
+    "reidentifies",
+    "roc_summary",
+    "ssim",
+    "ssim_matrix",
+    "tpr_at_fpr",
+    "wilson_interval",
+]

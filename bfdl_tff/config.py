@@ -61,6 +61,11 @@ class DataConfig:
     # Synthetic generator settings (used only when source == synthetic).
     synth_images: int = _c(1500, min=10)
     synth_site_shift: bool = True
+    # Acquisition sites of the synthetic source; 0 = one site per hospital.
+    synth_sites: int = _c(0, min=0, max=26)
+    # Optional held-out test list (one image name per line, first token used; e.g. the official
+    # NIH test_list.txt). Empty: a seeded patient-level test_fraction.
+    test_list: str = ""
     # ChestMNIST .npz path (source == chestmnist).
     npz: str = ""
 
@@ -90,6 +95,8 @@ class FederatedConfig:
     server_momentum: float = _c(0.0, min=0.0, max=1.0)
     # Centralized arm: epochs over the pooled data = rounds * local_epochs by default.
     centralized_epochs: int = _c(0, min=0)
+    # Round checkpoints kept in RUN_DIR/checkpoints (0 = keep all).
+    keep_checkpoints: int = _c(2, min=0)
 
 
 @dataclass
@@ -105,6 +112,13 @@ class PrivacyConfig:
     adaptive_clipping: bool = False
     accountant: str = _c("rdp", choices=("rdp", "pld"))
     secure_sum: bool = True
+    # Calibration gives up (error before training) if epsilon needs a larger noise multiplier.
+    max_noise_multiplier: float = _c(100.0, gt=0.0)
+    # Adaptive clipping (client mode): quantile target, learning rate, clipped-count noise
+    # (0 = max(0.05 * clients_per_round, noise_multiplier)).
+    target_unclipped_quantile: float = _c(0.5, gt=0.0, max=1.0)
+    clip_learning_rate: float = _c(0.2, gt=0.0)
+    clipped_count_stddev: float = _c(0.0, min=0.0)
 
 
 @dataclass
@@ -124,6 +138,9 @@ class LedgerConfig:
     checkpoint_interval: int = _c(10, min=1)
     batch_size: int = _c(64, min=1)
     epsilon_cap: float = _c(0.0, min=0.0)  # 0 = use privacy.target_epsilon
+    # B-FDL hook: wait for every round's PBFT commit before training continues (measurement only;
+    # by default rounds are committed in the background and the run waits at its end).
+    wait_for_commit: bool = False
 
 
 @dataclass
@@ -135,6 +152,8 @@ class KeysConfig:
     vault_mount: str = "transit"
     # The token is read from this environment variable, never from a file in the repository.
     vault_token_env: str = "VAULT_TOKEN"
+    # Create missing institution keys at the start of a run (false: a missing key is an error).
+    create_missing: bool = True
 
 
 @dataclass

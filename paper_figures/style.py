@@ -30,6 +30,7 @@ from bfdl_tff.io_utils import atomic_write_bytes, atomic_write_text  # noqa: E40
 
 ARMS: tuple[str, ...] = ("centralized", "federated", "bfdl")
 ARM_LABELS = {"centralized": "Centralized", "federated": "Federated (no ledger)", "bfdl": "B-FDL"}
+ARM_SHORT = {"centralized": "Central", "federated": "FL", "bfdl": "B-FDL"}
 ARM_COLORS = {"centralized": "#4C72B0", "federated": "#DD8452", "bfdl": "#55A868"}
 EXTRA_COLORS = ("#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
 
@@ -101,6 +102,8 @@ def fmt(value: Any, digits: int = 3) -> str:
         return str(value)
     if v != v:  # NaN
         return "n/a"
+    if v.is_integer() and abs(v) >= 10:
+        return str(int(v))
     if abs(v) >= 1000 or (v != 0 and abs(v) < 10 ** (-digits)):
         return f"{v:.{digits}g}"
     return f"{v:.{digits}f}"
@@ -130,6 +133,10 @@ def arm_color(arm: str, i: int = 0) -> str:
 
 def arm_label(arm: str) -> str:
     return ARM_LABELS.get(arm, arm)
+
+
+def arm_short(arm: str) -> str:
+    return ARM_SHORT.get(arm, arm)
 
 
 def no_data(ax: Any, message: str) -> None:

@@ -140,13 +140,7 @@ class LocalKeyStore:
         return signer
 
     def public_key(self, name: str) -> bytes:
-        name = key_name(name)
-        pf = self._pub_file(name)
-        if pf.exists() and self._key_file(name).exists():
-            try:
-                return bytes.fromhex(pf.read_text(encoding="ascii").strip())
-            except ValueError:
-                raise KeyStoreError(f"{pf}: not a hex public key") from None
+        # Loads (and permission-checks) the private key: a store with a leaked key is unusable.
         return self.signer(name).public_key()
 
     def list(self) -> list[str]:

@@ -30,7 +30,6 @@ weights only (BatchNormalization moving statistics are never averaged).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -199,8 +198,7 @@ def load_model_config(name_or_path: str | Path, **overrides: Any) -> ModelConfig
     data = _read_mapping(path)
     if "source" in data:
         raise ConfigError(str(path), "source", "reserved key (set by the loader)")
-    for k in ("source",):
-        overrides.pop(k, None)
+    overrides.pop("source", None)
     data.update(overrides)
     cfg = from_dict(ModelConfig, data, source=str(path))
     cfg.source = str(path)
@@ -278,7 +276,3 @@ def describe(cfg: ModelConfig, model: "tf.keras.Model") -> dict[str, Any]:
         "update_bytes_float32": trainable * 4,
         "approx_mib": round(total * 4 / 2**20, 2),
     }
-
-
-def _gcd_groups(groups: int, channels: int) -> int:
-    return math.gcd(groups, channels) or 1

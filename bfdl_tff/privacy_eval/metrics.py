@@ -36,7 +36,9 @@ def wilson_interval(successes: int, n: int, *, z: float = 1.959963984540054) -> 
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return (lo, hi)
 
 
 def psnr(a: np.ndarray, b: np.ndarray, *, max_val: float = 1.0) -> float:

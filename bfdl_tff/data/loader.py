@@ -1,0 +1,486 @@
+"""Loader for the NIH ChestX-ray14 layout (real data or the synthetic stand-in), paper 3.1.
+
+Dataset root layout (what NIH / Kaggle ship, what :mod:`bfdl_tff.data.synth` writes):
+
+- metadata: ``Data_Entry_2017.csv`` (2017 layout with the trailing empty column, or the v2020
+  layout without it; ``Data_Entry_2017_v2020.csv`` is also looked for) **or** the CheXNet label
+  lists ``train_list.txt`` / ``val_list.txt`` / ``test_list.txt`` (``<image> <14 x 0/1>``) in the
+  root or in ``labels/``;
+- images: ``images/*.png`` or Kaggle's ``images_001/images/*.png`` ... ``images_012/images/*.png``;
+- optional: ``BBox_List_2017.csv`` (boxes -> lesion masks), ``masks/<image>.png`` (lesion masks,
+  written by the synthetic generator), ``synthetic_sites.csv`` (acquisition site per patient).
+
+PNGs are decoded with TensorFlow ops (``tf.io.decode_png``; 8- and 16-bit files, by the IHDR bit
+depth), RGB/RGBA converted to grayscale (alpha dropped), resized to ``image_size`` (area averaging
+when downsampling, bilinear when upsampling) and scaled to [0, 1]. Masks: a ``masks/`` PNG wins;
+else the NIH boxes of the image (scaled from the PNG's own size) are filled; else the mask is all
+**-1** ("unknown", ignored by the segmentation loss).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import gzip
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bfdl_tff.data.labels import FINDINGS, NUM_FINDINGS, canonical_finding, parse_many
+from bfdl_tff.data.manifest import check_against_metadata, read_manifest, validate_manifest
+from bfdl_tff.errors import DataError
+
+DATA_ENTRY_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
+CHEXNET_LISTS = ("train_list.txt", "val_list.txt", "test_list.txt")
+BBOX_NAME = "BBox_List_2017.csv"
+SITES_NAME = "synthetic_sites.csv"
+_DATA_ENTRY_COLUMNS = (
+    "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+    "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]",
+)
+_IMAGE_RE = re.compile(r"^\d+_\d+\.png$")
+_AGE_RE = re.compile(r"^(\d+)([YMD]?)$")
+
+
+@dataclass
+class ImageSet:
+    """Decoded images of one manifest split (see INTERFACES.md, Data API)."""
+
+    images: list[str]
+    patient_ids: np.ndarray  # int64 [N]
+    x: np.ndarray  # float32 [N, S, S, 1] in [0, 1]
+    y: np.ndarray  # float32 [N, 14]
+    mask: np.ndarray | None = None  # float32 [N, S, S, 1] in {0, 1}, or -1 where unknown
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> "ImageSet":
+        idx = np.asarray(idx, dtype=np.int64)
+        return ImageSet(
+            images=[self.images[i] for i in idx],
+            patient_ids=self.patient_ids[idx],
+            x=self.x[idx],
+            y=self.y[idx],
+            mask=None if self.mask is None else self.mask[idx],
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Metadata
+# --------------------------------------------------------------------------------------------
+
+
+def detect_data_entry_layout(path: str | Path) -> str:
+    """``"2017"`` (trailing empty column, as NIH 2017 / Kaggle) or ``"v2020"``; else DataError."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            header = fh.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    cols = [c.strip() for c in header.split(",")]
+    if tuple(cols) == _DATA_ENTRY_COLUMNS:
+        return "v2020"
+    if tuple(cols[:-1]) == _DATA_ENTRY_COLUMNS and cols[-1] == "":
+        return "2017"
+    raise DataError(
+        f"{path}: unknown Data_Entry layout; header {header[:160]!r} is neither the 2017 nor the "
+        f"v2020 NIH layout ({','.join(_DATA_ENTRY_COLUMNS)}[,])"
+    )
+
+
+def _finish_metadata(df: pd.DataFrame, y: np.ndarray, *, source: str) -> pd.DataFrame:
+    bad = ~df["image"].str.match(_IMAGE_RE)
+    if bad.any():
+        raise DataError(f"{source}: image name {df['image'][bad].iloc[0]!r} is not of the NIH form 00000001_000.png")
+    dup = df["image"][df["image"].duplicated()]
+    if len(dup):
+        raise DataError(f"{source}: {len(dup)} duplicate image(s), first: {', '.join(dup.iloc[:5])}")
+    prefix = df["image"].str.split("_").str[0].astype(np.int64)
+    if "patient_id" in df:
+        mism = prefix != df["patient_id"]
+        if mism.any():
+            i = int(np.flatnonzero(mism.to_numpy())[0])
+            raise DataError(f"{source}: row {i + 2}: Patient ID {df['patient_id'].iloc[i]} does not match image {df['image'].iloc[i]}")
+    else:
+        df["patient_id"] = prefix
+    lab = pd.DataFrame(y.astype(np.int8), columns=list(FINDINGS), index=df.index)
+    return pd.concat([df, lab], axis=1)
+
+
+def read_data_entry(path: str | Path) -> pd.DataFrame:
+    """Read NIH ``Data_Entry_2017.csv`` (either layout) -> columns ``image, patient_id,
+    follow_up, age, gender, view, <14 findings>``; validates names, IDs and finding labels."""
+    path = Path(path)
+    layout = detect_data_entry_layout(path)
+    ncol = len(_DATA_ENTRY_COLUMNS) + (1 if layout == "2017" else 0)
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        for ln, fields in enumerate(csv.reader(fh), 1):
+            if fields and len(fields) != ncol:
+                raise DataError(f"{path}: malformed CSV: line {ln} has {len(fields)} fields, the {layout} layout has {ncol}")
+    try:
+        raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                          names=[f"c{i}" for i in range(ncol)], skiprows=1)
+    except (pd.errors.ParserError, ValueError) as e:
+        raise DataError(f"{path}: malformed CSV: {str(e).splitlines()[0]}") from None
+    if raw.empty:
+        raise DataError(f"{path}: no rows")
+    short = (raw.iloc[:, :len(_DATA_ENTRY_COLUMNS)].isna() | (raw.iloc[:, :len(_DATA_ENTRY_COLUMNS)] == "")).any(axis=1)
+    if short.any():
+        i = int(np.flatnonzero(short.to_numpy())[0])
+        raise DataError(f"{path}: row {i + 2}: missing fields (expected {len(_DATA_ENTRY_COLUMNS)})")
+    df = pd.DataFrame({"image": raw["c0"].str.strip()})
+    pid = pd.to_numeric(raw["c3"], errors="coerce")
+    if pid.isna().any():
+        i = int(np.flatnonzero(pid.isna().to_numpy())[0])
+        raise DataError(f"{path}: row {i + 2}: Patient ID {raw['c3'].iloc[i]!r} is not an integer")
+    df["patient_id"] = pid.astype(np.int64)
+    df["follow_up"] = pd.to_numeric(raw["c2"], errors="coerce").fillna(-1).astype(np.int64)
+    # 2017 files write ages as integers (a few releases as "058Y"); keep years
+    age = raw["c4"].str.extract(_AGE_RE)
+    years = pd.to_numeric(age[0], errors="coerce")
+    years = np.where(age[1] == "M", years / 12.0, np.where(age[1] == "D", years / 365.0, years))
+    df["age"] = years
+    df["gender"] = raw["c5"].str.strip()
+    df["view"] = raw["c6"].str.strip()
+    y = parse_many(raw["c1"], source=str(path))
+    return _finish_metadata(df, y, source=str(path))
+
+
+def read_chexnet_lists(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Read CheXNet label lists (``<image> <14 x 0/1>`` per line) -> ``image, patient_id, list, <14>``."""
+    frames = []
+    for p in paths:
+        p = Path(p)
+        names, rows = [], []
+        opener = gzip.open if p.name.endswith(".gz") else open
+        with opener(p, "rt", encoding="utf-8") as fh:
+            for ln, line in enumerate(fh, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) != 1 + NUM_FINDINGS:
+                    raise DataError(f"{p}: line {ln}: expected an image name and {NUM_FINDINGS} labels, got {len(parts)} fields")
+                if any(v not in ("0", "1") for v in parts[1:]):
+                    raise DataError(f"{p}: line {ln}: labels must be 0 or 1")
+                names.append(parts[0])
+                rows.append([int(v) for v in parts[1:]])
+        if not names:
+            raise DataError(f"{p}: empty label list")
+        df = pd.DataFrame({"image": names})
+        df["list"] = p.name.split("_list")[0]
+        frames.append((df, np.array(rows, dtype=np.int8)))
+    df = pd.concat([f for f, _ in frames], ignore_index=True)
+    y = np.concatenate([r for _, r in frames])
+    return _finish_metadata(df, y, source=", ".join(str(p) for p in paths))
+
+
+def find_metadata(root: str | Path) -> tuple[str, list[Path]]:
+    """Locate the label metadata: ``("data_entry", [csv])`` or ``("chexnet", [lists...])``."""
+    root = Path(root)
+    for n in DATA_ENTRY_NAMES:
+        if (root / n).is_file():
+            return "data_entry", [root / n]
+    for d in (root, root / "labels"):
+        lists = [d / n for n in CHEXNET_LISTS if (d / n).is_file()]
+        if lists:
+            return "chexnet", lists
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset directory not found")
+    raise DataError(f"{root}: no label metadata (Data_Entry_2017.csv, or CheXNet train/val/test_list.txt in the root or labels/)")
+
+
+def _stamp(paths: Sequence[Path]) -> tuple:
+    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_metadata_cached(kind: str, stamp: tuple, sites_stamp: tuple) -> pd.DataFrame:
+    paths = [Path(s[0]) for s in stamp]
+    df = read_data_entry(paths[0]) if kind == "data_entry" else read_chexnet_lists(paths)
+    if sites_stamp:
+        sp = Path(sites_stamp[0][0])
+        try:
+            sites = pd.read_csv(sp, dtype={"Patient ID": np.int64, "Site": np.int64})
+        except (ValueError, pd.errors.ParserError) as e:
+            raise DataError(f"{sp}: malformed site list: {str(e).splitlines()[0]}") from None
+        if list(sites.columns) != ["Patient ID", "Site"]:
+            raise DataError(f"{sp}: expected columns 'Patient ID,Site', got {list(sites.columns)}")
+        m = dict(zip(sites["Patient ID"], sites["Site"]))
+        site = df["patient_id"].map(m)
+        if site.isna().any():
+            raise DataError(f"{sp}: no site for patient {int(df['patient_id'][site.isna()].iloc[0])}")
+        df["site"] = site.astype(np.int64)
+    return df
+
+
+def read_metadata(root: str | Path) -> pd.DataFrame:
+    """Labels of every image of the dataset at ``root`` (cached while the files are unchanged).
+
+    Columns: ``image, patient_id, <14 findings>`` plus ``site`` for synthetic data and whatever
+    the source carries (``age``, ``gender``, ``view`` / ``list``). ``df.attrs['source']`` names
+    the file(s)."""
+    kind, paths = find_metadata(root)
+    sp = Path(root) / SITES_NAME
+    df = _read_metadata_cached(kind, _stamp(paths), _stamp([sp]) if sp.is_file() else ())
+    df.attrs["source"] = ", ".join(str(p) for p in paths)
+    return df
+
+
+def metadata_label_frame(meta: pd.DataFrame) -> pd.DataFrame:
+    """The ``image, patient_id, <14>`` part of the metadata."""
+    return meta.loc[:, ["image", "patient_id", *FINDINGS]]
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def _image_dirs(root: Path) -> list[Path]:
+    dirs = []
+    if (root / "images").is_dir():
+        dirs.append(root / "images")
+    dirs += sorted(p / "images" for p in root.glob("images_*") if (p / "images").is_dir())
+    return dirs
+
+
+@functools.lru_cache(maxsize=8)
+def _index_cached(stamp: tuple) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for d, _, _ in stamp:
+        with os.scandir(d) as it:
+            for e in it:
+                if e.name.endswith(".png"):
+                    out.setdefault(e.name, e.path)
+    return out
+
+
+def index_images(root: str | Path) -> dict[str, str]:
+    """image name -> path for ``images/`` and Kaggle's ``images_*/images/`` folders."""
+    root = Path(root)
+    dirs = _image_dirs(root)
+    if not dirs:
+        raise DataError(f"{root}: no images/ folder (nor Kaggle-style images_001/images/)")
+    return _index_cached(_stamp(dirs))
+
+
+def resolve_image_paths(root: str | Path, images: Sequence[str], *, source: str) -> list[str]:
+    """Paths for ``images``; raises naming how many are missing and the first few."""
+    idx = index_images(root)
+    missing = [n for n in images if n not in idx]
+    if missing:
+        raise DataError(
+            f"{source}: {len(missing)} of {len(images)} image file(s) missing under {Path(root)}/images "
+            f"(or images_*/images), first: {', '.join(missing[:5])}"
+        )
+    return [idx[n] for n in images]
+
+
+@functools.lru_cache(maxsize=4)
+def _read_bbox_cached(stamp: tuple) -> dict[str, list[tuple[float, float, float, float]]]:
+    path = Path(stamp[0][0])
+    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
+    with open(path, encoding="utf-8-sig") as fh:
+        header = fh.readline().strip().rstrip(",")
+        if not header.startswith("Image Index,Finding Label,Bbox [x,y,w,h]"):
+            raise DataError(f"{path}: unknown bounding-box file layout (header {header[:80]!r})")
+        for ln, line in enumerate(fh, 2):
+            parts = [p for p in line.strip().split(",")]
+            while parts and parts[-1] == "":
+                parts.pop()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                raise DataError(f"{path}: line {ln}: expected 6 fields, got {len(parts)}")
+            canonical_finding(parts[1], source=f"{path}: line {ln}")
+            try:
+                x, y, w, h = (float(v) for v in parts[2:])
+            except ValueError:
+                raise DataError(f"{path}: line {ln}: box coordinates are not numbers") from None
+            boxes.setdefault(parts[0], []).append((x, y, w, h))
+    return boxes
+
+
+def read_bboxes(root: str | Path) -> dict[str, list[tuple[float, float, float, float]]]:
+    """``BBox_List_2017.csv`` of ``root`` as image -> boxes (x, y, w, h in PNG pixels); {} if absent."""
+    p = Path(root) / BBOX_NAME
+    return _read_bbox_cached(_stamp([p])) if p.is_file() else {}
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------
+
+
+def _decode_graph(image_size: int):
+    import tensorflow as tf
+
+    def decode(path: Any, mask_path: Any):
+        raw = tf.io.read_file(path)
+        # IHDR bit depth (byte 24): decode 16-bit files as uint16, the usual 8-bit ones as uint8
+        deep = tf.equal(tf.strings.substr(raw, 24, 1), b"\x10")
+        img = tf.cond(
+            deep,
+            lambda: tf.cast(tf.io.decode_png(raw, channels=0, dtype=tf.uint16), tf.float32) / 65535.0,
+            lambda: tf.cast(tf.io.decode_png(raw, channels=0, dtype=tf.uint8), tf.float32) / 255.0,
+        )
+        hw = tf.shape(img)[:2]
+        c = tf.shape(img)[-1]
+        gray = tf.cond(c >= 3, lambda: tf.image.rgb_to_grayscale(img[..., :3]), lambda: img[..., :1])
+        gray.set_shape([None, None, 1])
+        same = tf.logical_and(tf.equal(hw[0], image_size), tf.equal(hw[1], image_size))
+        down = tf.logical_and(hw[0] >= image_size, hw[1] >= image_size)
+        gray = tf.case(
+            [
+                (same, lambda: gray),
+                # area averaging: exact box filter for downsampling, ~4x cheaper than antialias
+                (down, lambda: tf.image.resize(gray, [image_size, image_size], method="area")),
+            ],
+            default=lambda: tf.image.resize(gray, [image_size, image_size], method="bilinear"),
+        )
+        gray = tf.ensure_shape(tf.clip_by_value(gray, 0.0, 1.0), [image_size, image_size, 1])
+
+        def load_mask():
+            m = tf.io.decode_png(tf.io.read_file(mask_path), channels=1)
+            m = tf.image.resize(tf.cast(m, tf.float32) / 255.0, [image_size, image_size], method="area")
+            return tf.ensure_shape(tf.cast(m >= 0.5, tf.float32), [image_size, image_size, 1])
+
+        mask = tf.cond(tf.strings.length(mask_path) > 0, load_mask, lambda: -tf.ones([image_size, image_size, 1], tf.float32))
+        return gray, mask, hw
+
+    return decode
+
+
+def decode_images(paths: Sequence[str], *, image_size: int, mask_paths: Sequence[str] | None = None,
+                  names: Sequence[str] | None = None, batch: int = 256) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Decode PNGs with a parallel ``tf.data`` pipeline -> (x [N,S,S,1], masks or None, hw [N,2]).
+
+    An undecodable file raises :class:`DataError` naming it (found by re-decoding the failing batch
+    one file at a time)."""
+    import tensorflow as tf
+
+    n = len(paths)
+    with_masks = mask_paths is not None
+    mp = list(mask_paths) if with_masks else [""] * n
+    x = np.empty((n, image_size, image_size, 1), dtype=np.float32)
+    m = np.empty((n, image_size, image_size, 1), dtype=np.float32) if with_masks else None
+    hw = np.empty((n, 2), dtype=np.int64)
+    if n == 0:
+        return x, m, hw
+    fn = _decode_graph(image_size)
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), mp))
+    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch).prefetch(2)
+    done = 0
+    try:
+        for gx, gm, ghw in ds:
+            k = int(gx.shape[0])
+            x[done:done + k] = gx.numpy()
+            if with_masks:
+                m[done:done + k] = gm.numpy()
+            hw[done:done + k] = ghw.numpy()
+            done += k
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError, tf.errors.UnknownError):
+        for i in range(done, min(n, done + batch + 16)):
+            for p in (paths[i], mp[i]):
+                if not p:
+                    continue
+                try:
+                    tf.io.decode_png(tf.io.read_file(p), channels=0, dtype=tf.uint16)
+                except tf.errors.OpError as e:
+                    why = e.message.split("[Op:")[0].split("}}")[-1].strip()
+                    raise DataError(f"{p}: cannot decode PNG ({why or type(e).__name__}); file is truncated or corrupt") from None
+        raise
+    return x, m, hw
+
+
+def _fill_boxes(mask: np.ndarray, hw: np.ndarray, boxes: list[tuple[float, float, float, float]]) -> None:
+    s = mask.shape[0]
+    h, w = int(hw[0]), int(hw[1])
+    mask[...] = 0.0
+    for bx, by, bw, bh in boxes:
+        x0 = int(np.floor(bx * s / w))
+        y0 = int(np.floor(by * s / h))
+        x1 = int(np.ceil((bx + bw) * s / w))
+        y1 = int(np.ceil((by + bh) * s / h))
+        mask[max(0, y0):min(s, max(y1, y0 + 1)), max(0, x0):min(s, max(x1, x0 + 1)), 0] = 1.0
+
+
+def load_image_set(root: str | Path, manifest: str | Path | pd.DataFrame, *, image_size: int,
+                   split: str | Sequence[str] | None = None, with_masks: bool = False,
+                   check_metadata: bool = True) -> ImageSet:
+    """Decode the images a manifest lists (rows of ``split`` only, if given) from ``root``.
+
+    The manifest is validated; with ``check_metadata`` every image must be listed in the
+    dataset's metadata with the same labels (stale or foreign manifests are refused)."""
+    root = Path(root)
+    if isinstance(manifest, pd.DataFrame):
+        source = manifest.attrs.get("source", "<manifest DataFrame>")
+        df = validate_manifest(manifest, source=source)
+    else:
+        source = str(manifest)
+        df = read_manifest(manifest)
+    if split is not None:
+        keep = [split] if isinstance(split, str) else list(split)
+        df = df[df["split"].isin(keep)].reset_index(drop=True)
+    if check_metadata:
+        meta = read_metadata(root)
+        msrc = meta.attrs.get("source", str(root))
+        check_against_metadata(df, pd.Index(meta["image"]), source=source, metadata=msrc)
+        ref = meta.set_index("image").loc[df["image"], list(FINDINGS)].to_numpy()
+        diff = np.flatnonzero((ref != df[list(FINDINGS)].to_numpy()).any(axis=1))
+        if len(diff):
+            raise DataError(f"{source}: labels of {len(diff)} image(s) differ from {msrc}, first: {df['image'].iloc[diff[0]]}")
+        pat = meta.set_index("image").loc[df["image"], "patient_id"].to_numpy()
+        bad = np.flatnonzero(pat != df["patient_id"].to_numpy())
+        if len(bad):
+            raise DataError(f"{source}: patient_id of {df['image'].iloc[bad[0]]} differs from {msrc}")
+    images = df["image"].tolist()
+    paths = resolve_image_paths(root, images, source=source)
+    mask_paths = None
+    if with_masks:
+        mdir = root / "masks"
+        have = set(os.listdir(mdir)) if mdir.is_dir() else set()
+        mask_paths = [str(mdir / n) if n in have else "" for n in images]
+    x, m, hw = decode_images(paths, image_size=image_size, mask_paths=mask_paths, names=images)
+    if with_masks and m is not None:
+        boxes = read_bboxes(root)
+        for i, n in enumerate(images):
+            if not mask_paths[i] and n in boxes:
+                _fill_boxes(m[i], hw[i], boxes[n])
+    return ImageSet(
+        images=images,
+        patient_ids=df["patient_id"].to_numpy(np.int64),
+        x=x,
+        y=df[list(FINDINGS)].to_numpy(np.float32),
+        mask=m,
+    )
+
+
+def make_dataset(image_set: ImageSet, *, batch_size: int, shuffle_seed: int | None = None, epochs: int = 1,
+                 with_masks: bool = False):
+    """``tf.data`` pipeline over an :class:`ImageSet`: cache -> seeded shuffle (reshuffled each
+    epoch, deterministic for a seed) -> repeat(epochs) -> batch -> prefetch. Yields ``(x, y)`` or,
+    with masks, ``(x, (y, mask))``."""
+    import tensorflow as tf
+
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if with_masks:
+        if image_set.mask is None:
+            raise DataError("make_dataset(with_masks=True): the image set was loaded without masks")
+        ds = tf.data.Dataset.from_tensor_slices((image_set.x, (image_set.y, image_set.mask)))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((image_set.x, image_set.y))
+    ds = ds.cache()
+    if shuffle_seed is not None and len(image_set) > 1:
+        ds = ds.shuffle(len(image_set), seed=shuffle_seed, reshuffle_each_iteration=True)
+    if epochs != 1:
+        ds = ds.repeat(epochs)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

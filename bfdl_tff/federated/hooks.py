@@ -1,0 +1,86 @@
+"""Per-round hook interface between the federated runner and the ledger (paper 3.1, 3.4).
+
+The paper's blockchain "tracked the origin of each model update hash, the institution
+contributing to each update and the timestamp" (3.1). The runner calls every
+:class:`RoundHook` once at the start (:class:`RunInfo`), after every completed round
+(:class:`RoundContext`, after the checkpoint of that round is written) and at the end (the summary
+dict). The B-FDL ledger integration implements this protocol.
+
+``client_commitments``: for each participating hospital, the hex SHA-256
+(:func:`bfdl_tff.hashing.weights_digest`) of **that hospital's own model update** (the
+``ClientOutput.update`` tensors, i.e. ``w_t - w_t^k`` for the trainable weights in
+``model.trainable_weights`` order, before any clipping, noise or secure aggregation) for the
+round. It is computed hospital-side: the runner executes each hospital's client work as its own
+TFF computation (``client_work.next`` placed at ``tff.CLIENTS`` with a single client), hands the
+update to the hospital, which hashes it, and then the *same* update values go into the
+aggregation computation (DP / secure sum) that produces the global model. The server process
+(aggregator) never needs the individual update to produce the round's result; the commitment is
+what the hospital publishes to the ledger. See ``bfdl_tff.federated.processes.FederatedTrainer``.
+
+A hook that raises aborts the run (after the round's checkpoint was written, so ``--resume``
+re-runs the hook for that round only if the runner saw it fail: the runner records hook
+completion in the checkpoint). Hooks must be idempotent per round number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class RunInfo:
+    run_dir: Path
+    config: Any  # bfdl_tff.config.ExperimentConfig
+    hospital_names: list[str]
+    num_examples: dict[str, int]
+    num_params: int
+    # Extra facts (arm, privacy schedule, start round when resuming). Optional for hooks.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RoundContext:
+    round_num: int  # 1-based
+    run_dir: Path
+    global_weights: list[np.ndarray]  # model.get_weights() order, after the round
+    participants: list[str]
+    num_examples: dict[str, int]
+    client_commitments: dict[str, str]
+    metrics: dict[str, float]  # the round's metrics.csv row
+    privacy: dict[str, Any]  # mode, epsilon, delta, accountant, noise_multiplier, l2_clip
+    round_seconds: float
+    checkpoint_path: Path | None
+
+
+@runtime_checkable
+class RoundHook(Protocol):
+    def on_start(self, info: RunInfo) -> None: ...
+
+    def on_round_end(self, ctx: RoundContext) -> None: ...
+
+    def on_end(self, summary: dict) -> None: ...
+
+
+class RecordingHook:
+    """A hook that keeps everything it is given (for tests and debugging)."""
+
+    def __init__(self) -> None:
+        self.info: RunInfo | None = None
+        self.rounds: list[RoundContext] = []
+        self.summary: dict | None = None
+
+    def on_start(self, info: RunInfo) -> None:
+        self.info = info
+
+    def on_round_end(self, ctx: RoundContext) -> None:
+        self.rounds.append(ctx)
+
+    def on_end(self, summary: dict) -> None:
+        self.summary = summary
+
+
+__all__ = ["RecordingHook", "RoundContext", "RoundHook", "RunInfo"]

@@ -1,0 +1,202 @@
+"""``LocalCluster``: an n-replica PBFT ledger embedded in the calling process.
+
+Paper link: B-FDL section 3.4 — the consortium chain that records every federated round. This is
+what the B-FDL round hook uses by default: n replicas (n = 3f+1), each with its own sqlite
+database (``<data_dir>/replica_<i>.sqlite``, WAL, synchronous=FULL), running the full protocol of
+:mod:`ledger.pbft` (every replica verifies every client signature and every replica message) over
+the deterministic in-process network of :mod:`ledger.sim` with faults off. Calls are synchronous:
+``submit_many`` broadcasts the transactions, drives the network until every transaction is in a
+block certified by f+1 matching replies, and returns one :class:`ledger.client.Receipt` each.
+
+``transport="tcp"`` starts the replicas as separate ``bfdl ledger node`` processes on loopback
+ports instead (:mod:`ledger.tcp`).
+
+Replica keys are derived from ``seed`` (reopening ``data_dir`` with the same seed resumes the same
+chain; every replica re-checks its database on open and refuses a corrupted one).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from ledger import pbft
+from ledger.client import LedgerError, Receipt, receipt_from_block
+from ledger.contracts import Genesis
+from ledger.node import MemoryChain, StoreChain
+from ledger.sim import SimCluster
+from ledger.storage import LedgerStore
+from ledger.tx import Transaction
+
+
+def _locked(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def wrapper(self: "LocalCluster", *a: Any, **kw: Any) -> Any:
+        with self._lock:
+            return fn(self, *a, **kw)
+
+    return wrapper
+
+
+class LocalCluster:
+    """See the module docstring. Thread-safe: every public method holds one lock (the B-FDL hook
+    submits from a worker thread)."""
+
+    def __init__(self, n: int = 4, *, data_dir: str | os.PathLike | None, genesis: Genesis, seed: int = 0,
+                 batch_size: int = 64, transport: str = "inproc", checkpoint_interval: int = 10,
+                 sync: str = "FULL", max_inflight: int = 2, timeout_ms: float = 60_000.0) -> None:
+        if n < 1:
+            raise LedgerError(f"a ledger needs at least one replica (got {n})")
+        if transport not in ("inproc", "tcp"):
+            raise LedgerError(f"unknown ledger transport {transport!r} (inproc or tcp)")
+        self.n = n
+        self.genesis = genesis
+        self.transport = transport
+        self.timeout_ms = timeout_ms
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.cfg = pbft.Config(n=n, checkpoint_interval=checkpoint_interval, batch_size=batch_size,
+                               max_inflight=max_inflight)
+        self._closed = False
+        self._lock = threading.RLock()
+        self._impl: Any
+        if transport == "tcp":
+            from ledger.tcp import TcpCluster
+
+            if self.data_dir is None:
+                raise LedgerError("transport='tcp' needs a data_dir")
+            self._impl = TcpCluster(n, data_dir=self.data_dir, genesis=genesis, seed=seed, cfg=self.cfg, sync=sync)
+            return
+
+        def chain(i: int) -> Any:
+            if self.data_dir is None:
+                return MemoryChain()
+            return StoreChain(LedgerStore(self.data_dir / f"replica_{i}.sqlite", genesis=genesis, sync=sync))
+
+        chains = []
+        try:
+            for i in range(n):
+                chains.append(chain(i))
+            self._impl = SimCluster(n, genesis=genesis, seed=seed, cfg=self.cfg, chains=chains)
+        except BaseException:
+            for c in chains:
+                c.close()
+            raise
+        self._impl.record_commits = False
+
+    # -- API ---------------------------------------------------------------------------------------
+
+    @property
+    def f(self) -> int:
+        return self.cfg.f
+
+    def db_paths(self) -> list[Path]:
+        if self.data_dir is None:
+            return []
+        return [self.data_dir / f"replica_{i}.sqlite" for i in range(self.n)]
+
+    def submit(self, tx: Transaction) -> Receipt:
+        return self.submit_many([tx])[0]
+
+    @_locked
+    def submit_many(self, txs: Iterable[Transaction]) -> list[Receipt]:
+        self._check_open()
+        txs = list(txs)
+        if not txs:
+            return []
+        if self.transport == "tcp":
+            return self._impl.submit_many(txs, timeout_s=self.timeout_ms / 1000.0)
+        sim: SimCluster = self._impl
+        hashes = sim.submit(txs)
+        if not sim.run_until_committed(hashes, max_ms=self.timeout_ms):
+            missing = sum(1 for h in hashes if sim.located(h) is None)
+            raise LedgerError(f"{missing} of {len(hashes)} transactions not committed within "
+                              f"{self.timeout_ms:.0f} ms (virtual) — heights {sim.heights()}")
+        out = []
+        blocks: dict[int, Any] = {}
+        for h in hashes:
+            height, index, block_hash = sim.located(h)  # type: ignore[misc]
+            if height not in blocks:
+                blocks[height] = self._honest_block(height, block_hash)
+            out.append(receipt_from_block(blocks[height], index))
+        top = max(blocks)
+        sim.client.forget_below(top - 2 * self.cfg.L)
+        return out
+
+    def _honest_block(self, height: int, block_hash: bytes) -> Any:
+        sim: SimCluster = self._impl
+        for i in sim.honest():
+            node = sim.nodes[i]
+            if node is not None and node.app.block_hash(height) == block_hash:
+                return node.app.block(height)
+        raise LedgerError(f"no replica holds the certified block {height}")
+
+    @_locked
+    def query(self, path: str) -> Any:
+        """State at ``path`` as reported by f+1 replicas at the same height."""
+        self._check_open()
+        if self.transport == "tcp":
+            return self._impl.query(path)
+        sim: SimCluster = self._impl
+        sim.net.run(until=lambda: len(set(sim.heights())) == 1, max_ms=self.timeout_ms)
+        import json
+
+        votes: dict[str, int] = {}
+        values: dict[str, Any] = {}
+        for i in sim.honest():
+            node = sim.nodes[i]
+            if node is None or not node.alive:
+                continue
+            v = node.app.contracts.query(path)
+            key = json.dumps([node.app.height(), v], sort_keys=True, default=str)
+            votes[key] = votes.get(key, 0) + 1
+            values[key] = v
+            if votes[key] >= self.f + 1:
+                return v
+        raise LedgerError(f"no f+1 replicas agree on {path!r}")
+
+    @_locked
+    def heads(self) -> list[tuple[int, str]]:
+        self._check_open()
+        if self.transport == "tcp":
+            return self._impl.heads()
+        return self._impl.heads()
+
+    def bytes_on_chain(self) -> int:
+        """Size of replica 0's database (sqlite main file + WAL)."""
+        paths = self.db_paths()
+        if not paths:
+            return 0
+        total = 0
+        for suffix in ("", "-wal"):
+            p = Path(str(paths[0]) + suffix)
+            if p.exists():
+                total += p.stat().st_size
+        return total
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LedgerError("the ledger cluster is closed")
+
+    @_locked
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.transport == "tcp":
+            self._impl.close()
+            return
+        for c in self._impl.chains:
+            c.close()
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def sim(self) -> Optional[SimCluster]:
+        return self._impl if self.transport == "inproc" else None

@@ -1,0 +1,49 @@
+"""Figures and tables of the paper, regenerated from the run's own result files (issue 9).
+
+One module per figure/table; each exposes ``NAME`` and ``generate(runs_root, out_dir) -> Output``
+and reads only result files (see :mod:`paper_figures.results`). :func:`generate_all` runs every
+module and writes ``figures_manifest.json`` (files written, files read, files missing).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+MODULES: tuple[str, ...] = (
+    "table33",
+    "fig2_performance",
+    "fig3_privacy",
+    "fig4_scalability",
+    "fig5_convergence",
+    "ledger_tables",
+    "communication",
+    "privacy_budget",
+)
+
+
+def generate_all(runs_root: str | Path, out_dir: str | Path, *, only: tuple[str, ...] = ()) -> dict:
+    from bfdl_tff.io_utils import atomic_write_json
+
+    runs_root, out_dir = Path(runs_root), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {}
+    base = runs_root.resolve().parent
+    for name in MODULES:
+        if only and name not in only:
+            continue
+        mod = importlib.import_module(f"paper_figures.{name}")
+        res = mod.generate(runs_root, out_dir)
+        d = res.as_dict(None)
+        d["files"] = [str(Path(p).name) for p in res.files]
+        d["sources"] = sorted({_rel(p, base) for p in res.sources})
+        manifest[name] = d
+    atomic_write_json(out_dir / "figures_manifest.json", manifest)
+    return manifest
+
+
+def _rel(p: Path, base: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(base))
+    except ValueError:
+        return str(p)

@@ -1,0 +1,110 @@
+"""PBFT normal case, checkpoints/GC, LocalCluster and durable storage (issue 6 tests 1, 12, 15)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ledger import pbft
+from ledger.client import Receipt
+from ledger.cluster import LocalCluster
+from ledger.sim import SimCluster, Workload, check_only_registered, effective_tx_hashes
+from ledger.storage import StorageCorruptError
+
+
+def _normal(n, rounds, size, seed):
+    w = Workload(seed, 8)
+    c = SimCluster(n, genesis=w.genesis, seed=seed, cfg=pbft.Config(n=n, checkpoint_interval=10))
+    c.record_commits = False
+    for r in range(1, rounds + 1):
+        hs = c.submit(w.round_txs(r, size))
+        assert c.run_until_committed(hs, max_ms=10_000), (r, c.heights())
+    c.net.run(until=lambda: len(set(c.heights())) == 1, max_ms=5_000)
+    top = c.check_safety()
+    assert len({h for h in c.heads()}) == 1, "replicas ended with different heads"
+    roots = {c.nodes[i].app.contracts.state_root() for i in range(n)}
+    assert len(roots) == 1
+    allowed = {w.admin.key_id()} | {h.key_id() for h in w.hospitals}
+    assert check_only_registered(c, allowed) == rounds * size * n
+    eff = effective_tx_hashes(c.chains[0])
+    assert len(eff) == len(set(eff)) == rounds * size
+    assert c.nodes[0].app.contracts.query("privacy")["records"] == rounds
+    return c, top
+
+
+@pytest.mark.parametrize("n,rounds", [(4, 12), (7, 6)])
+def test_normal_case_identical_roots(n, rounds):
+    _normal(n, rounds, 60, seed=n)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [4, 7])
+def test_normal_case_full_100_rounds_x_60(n):
+    _normal(n, 100, 60, seed=n)
+
+
+def test_checkpoints_and_gc_keep_memory_bounded():
+    w = Workload(1, 3)
+    K = 4
+    c = SimCluster(4, genesis=w.genesis, seed=1, cfg=pbft.Config(n=4, checkpoint_interval=K, batch_size=4))
+    c.record_commits = False
+    sizes = []
+    for r in range(1, 61):
+        hs = c.submit(w.round_txs(r))
+        assert c.run_until_committed(hs, max_ms=10_000)
+        if r % 10 == 0:
+            sizes.append(max(c.nodes[i].replica.memory_footprint() for i in range(4)))
+    rep = c.nodes[0].replica
+    assert rep.stats.get("stable_checkpoint", 0) >= c.heights()[0] // K - 1
+    assert rep.h >= c.heights()[0] - 2 * K
+    # The log below the low watermark is discarded:
+    assert min(rep.log, default=rep.h + 1) > rep.h
+    # Bounded: the footprint does not grow with the chain (which grows ~60x here).
+    assert max(sizes) <= 6 * K * 4, sizes
+    assert sizes[-1] <= 2 * max(sizes[:2]) + 8 * K, sizes
+    assert len(c.nodes[0].app.snapshots) <= 3
+
+
+def _lc(tmp_path, w, **kw):
+    return LocalCluster(4, data_dir=tmp_path / "ledger", genesis=w.genesis, seed=3, **kw)
+
+
+def test_local_cluster_receipts_query_heads_and_reopen(tmp_path):
+    w = Workload(3, 3)
+    with _lc(tmp_path, w) as lc:
+        rs = lc.submit_many(w.round_txs(1, 10))
+        assert len(rs) == 10 and all(isinstance(r, Receipt) for r in rs)
+        assert all(r.ok and r.verify() for r in rs)
+        assert len({r.height for r in rs}) == 1
+        bad = lc.submit(w.outsider_tx(2))
+        assert not bad.ok and bad.verify()
+        # A tampered receipt does not verify.
+        assert not Receipt(**{**rs[0].to_dict(), "index": rs[0].index + 1,
+                              "inclusion_proof": tuple(rs[0].inclusion_proof)}).verify()
+        assert lc.query("privacy")["records"] == 1
+        heads = lc.heads()
+        assert len(set(heads)) == 1 and heads[0][0] == bad.height
+    from ledger.verify import verify_chain
+
+    for p in sorted((tmp_path / "ledger").glob("replica_*.sqlite")):
+        rep = verify_chain(p, genesis=w.genesis)
+        assert rep.ok, rep
+    with _lc(tmp_path, w) as lc:
+        assert lc.heads() == heads
+        r2 = lc.submit_many(w.round_txs(2, 5))
+        assert all(r.ok for r in r2) and r2[0].height == heads[0][0] + 1
+
+
+def test_flipped_byte_on_disk_is_detected(tmp_path):
+    w = Workload(4, 2)
+    with _lc(tmp_path, w) as lc:
+        for r in range(1, 4):
+            lc.submit_many(w.round_txs(r, 8))
+    p = tmp_path / "ledger" / "replica_1.sqlite"
+    data = bytearray(p.read_bytes())
+    i = data.find(b'"commitment":"')
+    assert i > 0
+    data[i + 20] = ord("0") if data[i + 20] != ord("0") else ord("1")
+    p.write_bytes(bytes(data))
+    with pytest.raises(StorageCorruptError) as e:
+        _lc(tmp_path, w)
+    assert "replica_1.sqlite" in str(e.value)

@@ -69,6 +69,45 @@ def bench(backend: str, params: int, rounds: int, hospitals: int, wait: bool) ->
     }
 
 
+def bench_e2e(rounds: int, wait: bool, size: int = 16) -> dict:
+    """A real ``bfdl`` arm run (TFF, DP-SGD, secure sum) on the toy federation with the hook."""
+    from bfdl_tff.config import ExperimentConfig
+    from bfdl_tff.federated.runner import run_experiment
+    from bfdl_tff.federated.testing import toy_federation
+    from bfdl_tff.integration.hook import attach_hooks
+    from bfdl_tff.runs import RunDir
+
+    cfg = ExperimentConfig(name="bench", arm="bfdl", seed=0)
+    cfg.model.overrides = {"input_size": size, "width": 8}
+    cfg.federated.rounds = rounds
+    cfg.federated.batch_size = 8
+    cfg.ledger.wait_for_commit = wait
+    with tempfile.TemporaryDirectory() as td:
+        rd = RunDir.create(Path(td) / "bench-bfdl", cfg)
+        t0 = time.perf_counter()
+        run_experiment(cfg, rd, hooks=attach_hooks(cfg, rd), data=toy_federation(size=size), progress=False)
+        wall = time.perf_counter() - t0
+        s = json.loads((rd.path / "ledger" / "ledger_summary.json").read_text())
+    rs = s["round_seconds"][1:] or s["round_seconds"]  # round 1 includes TFF tracing
+    hs = s["hook_seconds"][1:] or s["hook_seconds"]
+    ls = s["ledger_seconds"][1:] or s["ledger_seconds"]
+    return {
+        "rounds": rounds,
+        "wait_for_commit": wait,
+        "tx_per_round": statistics.median(s["tx_per_round"]),
+        "hook_ms_per_round": [round(1000 * x, 3) for x in s["hook_seconds"]],
+        "ledger_ms_per_round": [round(1000 * x, 1) for x in s["ledger_seconds"]],
+        "round_s_per_round": [round(x, 3) for x in s["round_seconds"]],
+        "hook_share_all_rounds": s["hook_share"],
+        "hook_share_excl_round1": sum(hs) / sum(rs),
+        "ledger_share_excl_round1": sum(ls) / sum(rs),
+        "registration_s": s["registration_seconds"],
+        "end_wait_s": s["end_wait_seconds"],
+        "blocking_share_total": s["blocking_share"],
+        "run_wall_s": wall,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
@@ -76,7 +115,19 @@ def main() -> None:
     ap.add_argument("--params", default="100000,2000000")
     ap.add_argument("--backends", default="local,vault")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--reverse", action="store_true", help="e2e: run wait_for_commit first")
+    ap.add_argument("--e2e", type=int, default=0, metavar="ROUNDS",
+                    help="instead: real bfdl-arm runs (TFF) of ROUNDS rounds, async and wait_for_commit")
     args = ap.parse_args()
+    if args.e2e:
+        from bfdl_tff import tff_runtime
+
+        try:
+            for wait in ((True, False) if args.reverse else (False, True)):
+                print(json.dumps(bench_e2e(args.e2e, wait)), flush=True)
+        finally:
+            tff_runtime.shutdown_workers()
+        return
     from bfdl_tff.keys.devserver import bao_binary
 
     rows = []
@@ -85,7 +136,7 @@ def main() -> None:
             print("# vault: bao binary not installed, skipped")
             continue
         for p in (int(x) for x in args.params.split(",")):
-            for wait in (False, True):
+            for wait in ((True, False) if args.reverse else (False, True)):
                 rows.append(bench(backend, p, args.rounds, args.hospitals, wait))
     if args.json:
         print(json.dumps(rows, indent=2))

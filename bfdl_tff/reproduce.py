@@ -255,6 +255,30 @@ def run_one(ctx: Context, cfg: ExperimentConfig, run_path: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
+class _Failures:
+    """Keep going after one run fails (the others still produce results); raise at the end."""
+
+    def __init__(self, ctx: Context, stage: str) -> None:
+        self.ctx, self.stage, self.errors = ctx, stage, []
+
+    def run(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except ProducerMissing:
+            raise
+        except Exception as e:  # noqa: BLE001 - recorded, re-raised as one error at the end
+            if not isinstance(e, BfdlError):
+                traceback.print_exc()
+            self.errors.append(f"{what}: {type(e).__name__}: {e}" if not isinstance(e, BfdlError) else f"{what}: {e}")
+            self.ctx.log(f"{what} FAILED: {self.errors[-1]}")
+            return None
+
+    def check(self) -> None:
+        if self.errors:
+            raise BfdlError(f"{len(self.errors)} failure(s) in stage {self.stage}: " + " | ".join(self.errors))
+
+
+
 def stage_data(ctx: Context) -> list[Path]:
     root = ctx.data_dir()
     out = ctx.runs / "data" / "data.json"
@@ -281,38 +305,43 @@ def stage_data(ctx: Context) -> list[Path]:
     return [out]
 
 
-def stage_arms(ctx: Context) -> list[Path]:
+def _run_all(ctx: Context, stage: str, jobs: list[tuple[ExperimentConfig, Path]]) -> list[Path]:
+    fails = _Failures(ctx, stage)
     outs = []
-    for seed in ctx.profile.seeds:
-        for arm in ARMS:
-            cfg = ctx.config(arm, seed, name=f"{arm}-s{seed}")
-            outs.append(run_one(ctx, cfg, ctx.runs / "arms" / f"{arm}-s{seed}") / "summary.json")
+    for cfg, path in jobs:
+        if fails.run(str(path), lambda c=cfg, p=path: run_one(ctx, c, p)) is not None:
+            outs.append(path / "summary.json")
+    fails.check()
     return outs
+
+
+def stage_arms(ctx: Context) -> list[Path]:
+    return _run_all(ctx, "arms", [(ctx.config(arm, seed, name=f"{arm}-s{seed}"), ctx.runs / "arms" / f"{arm}-s{seed}")
+                                  for seed in ctx.profile.seeds for arm in ARMS])
 
 
 def stage_ledger_off(ctx: Context) -> list[Path]:
-    outs = []
-    for seed in ctx.profile.ledger_off_seeds:
-        cfg = ctx.config("bfdl", seed, name=f"bfdl-noledger-s{seed}", extra={"ledger": {"enabled": False}})
-        outs.append(run_one(ctx, cfg, ctx.runs / "ledger_off" / f"bfdl-s{seed}") / "summary.json")
-    return outs
+    return _run_all(ctx, "ledger_off", [
+        (ctx.config("bfdl", seed, name=f"bfdl-noledger-s{seed}", extra={"ledger": {"enabled": False}}),
+         ctx.runs / "ledger_off" / f"bfdl-s{seed}") for seed in ctx.profile.ledger_off_seeds])
 
 
 def stage_client_dp(ctx: Context) -> list[Path]:
-    outs = []
-    for seed in ctx.profile.client_dp_seeds:
-        cfg = ctx.config("bfdl", seed, name=f"bfdl-clientdp-s{seed}", extra={"privacy": {"mode": "client"}})
-        outs.append(run_one(ctx, cfg, ctx.runs / "client_dp" / f"bfdl-s{seed}") / "summary.json")
-    return outs
+    return _run_all(ctx, "client_dp", [
+        (ctx.config("bfdl", seed, name=f"bfdl-clientdp-s{seed}", extra={"privacy": {"mode": "client"}}),
+         ctx.runs / "client_dp" / f"bfdl-s{seed}") for seed in ctx.profile.client_dp_seeds])
 
 
 def stage_scalability(ctx: Context) -> list[Path]:
-    outs = []
+    jobs = []
     for k in ctx.profile.scalability_ks:
-        extra = {"data": {"hospitals": k}, "federated": {"rounds": ctx.profile.scalability_rounds}}
-        cfg = ctx.config("bfdl", 0, name=f"bfdl-k{k}", extra=extra)
-        outs.append(run_one(ctx, cfg, ctx.runs / "scalability" / f"k{k}") / "summary.json")
-    return outs
+        # One synthetic dataset (generated for 3 sites by the data stage) split among K hospitals:
+        # the sweep measures time, and regenerating images per K would only add generation time.
+        extra: dict[str, Any] = {"data": {"hospitals": k}, "federated": {"rounds": ctx.profile.scalability_rounds}}
+        if ctx.profile.base["data"]["source"] == "synthetic":
+            extra["data"]["synth_sites"] = 3
+        jobs.append((ctx.config("bfdl", 0, name=f"bfdl-k{k}", extra=extra), ctx.runs / "scalability" / f"k{k}"))
+    return _run_all(ctx, "scalability", jobs)
 
 
 def stage_attacks(ctx: Context) -> list[Path]:
@@ -325,22 +354,28 @@ def stage_attacks(ctx: Context) -> list[Path]:
             inv_opts[k] = tuple(inv_opts[k])
     mia_opts = dict(ctx.profile.attack.get("membership", {}))
     outs = []
+    fails = _Failures(ctx, "attacks")
     for seed in ctx.profile.attack_seeds:
         for arm in ARMS:
             run = ctx.runs / "arms" / f"{arm}-s{seed}"
             if not (run / "summary.json").is_file():
-                raise BfdlError(f"{run}: no summary.json; run the arms stage first")
+                fails.errors.append(f"{run}: no summary.json; run the arms stage first")
+                continue
             for fn, opts, name in ((inversion_on_run, inv_opts, "inversion.json"),
                                    (membership_on_run, mia_opts, "membership.json")):
                 f = run / "attacks" / name
                 if f.is_file() and not ctx.force:
                     ctx.log(f"{f}: finished earlier, skipped")
-                else:
-                    ctx.log(f"{run}: {name.split('.')[0]} attack ({arm})")
-                    t0 = time.perf_counter()
-                    fn(run, seed=seed, progress=lambda m: ctx.log(f"  {m}"), **opts)
+                    outs.append(f)
+                    continue
+                ctx.log(f"{run}: {name.split('.')[0]} attack ({arm})")
+                t0 = time.perf_counter()
+                ok = fails.run(str(f), lambda fn=fn, opts=opts, seed=seed, run=run:
+                               fn(run, seed=seed, progress=lambda m: ctx.log(f"  {m}"), **opts))
+                if ok is not None and f.is_file():
                     ctx.log(f"{f}: written in {time.perf_counter() - t0:.1f}s")
-                outs.append(f)
+                    outs.append(f)
+    fails.check()
     return outs
 
 
@@ -447,11 +482,13 @@ def stage_report(ctx: Context) -> list[Path]:
     from bfdl_tff.commands.figures import import_paper_figures
 
     import_paper_figures()
-    from paper_figures.report import build_report
+    from paper_figures.report import build_expected_results, build_report
 
     path = build_report(ctx.runs, ctx.out)
     ctx.log(f"wrote {path}")
-    return [path]
+    exp = build_expected_results(ctx.runs, ctx.out)
+    ctx.log(f"wrote {exp} (README 'Expected results' section)")
+    return [path, exp]
 
 
 @dataclass(frozen=True)

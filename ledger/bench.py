@@ -188,8 +188,11 @@ def run_tcp(*, replicas: int, transactions: int, batch_size: int, client_batch: 
             for r in rs:
                 heights.setdefault(r.height, te)
         elapsed = time.perf_counter() - t0
-        time.sleep(0.3)
+        deadline = time.monotonic() + 20.0
         heads = cl.heads()
+        while len(set(heads)) != 1 and time.monotonic() < deadline:  # let lagging replicas catch up
+            time.sleep(0.1)
+            heads = cl.heads()
         for h in sorted(heights):
             txt = cl.client.conns[0].ask({"op": "block", "height": h})
             if isinstance(txt, str):

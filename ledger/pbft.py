@@ -116,7 +116,7 @@ class App(Protocol):
     """The replicated service (implemented by :class:`ledger.node.LedgerApp`)."""
 
     def check_tx(self, raw: bytes) -> Optional[bytes]:
-        """Decode and authenticate a transaction; its hash, or None if invalid."""
+        """Decode and authenticate a transaction; its hash (SHA-256 of the raw bytes), or None."""
 
     def tx_root(self, tx_hashes: list[bytes]) -> bytes: ...
 
@@ -312,8 +312,6 @@ class Replica:
                 self._request_state(out)
             else:
                 self.state_target = None
-        elif name == "batch":
-            self._try_propose(out)
         return out
 
     # -- requests ----------------------------------------------------------------------------
@@ -325,6 +323,8 @@ class Replica:
             if h is None:
                 self._count("bad_tx")
                 return None
+            if len(self.verified) > 200_000:  # a cache: bounded even under Byzantine floods
+                self.verified = {r: x for r, x in self.verified.items() if x in self.pending}
             self.verified[raw] = h
         return h
 
@@ -582,10 +582,9 @@ class Replica:
             self.last_exec = seq
             progressed = True
             for raw in slot.batch.txs:
-                h = self.verified.pop(raw, None)
-                if h is not None:
-                    self.pending.pop(h, None)
-                    self.proposed.discard(h)
+                h = self.verified.pop(raw, None) or M.sha256(raw)
+                self.pending.pop(h, None)
+                self.proposed.discard(h)
             out.append(Committed(seq, slot.view, slot.digest, slot.tx_root, res.block_hash, res.state_root, len(slot.batch.txs)))
             out.append(Send(CLIENT, self._sign(M.Reply(slot.view, seq, res.block_hash, slot.tx_root, res.results_digest))))
             if seq % self.cfg.checkpoint_interval == 0:

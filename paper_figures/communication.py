@@ -36,7 +36,7 @@ def compute(runs_root: Path) -> tuple[pd.DataFrame, list[Path]]:
                 m.add(*got)
         if m.n:
             sources += m.sources
-            recs.append({"arm": arm, "bytes_mean": m.mean, "bytes_sd": m.sd, "n": m.n})
+            recs.append({"arm": arm, "bytes_mean": m.mean, "bytes_sd": m.sd if m.sd is not None else np.nan, "n": m.n})
     df = pd.DataFrame.from_records(recs, columns=["arm", "bytes_mean", "bytes_sd", "n"])
     cen = df.loc[df["arm"] == "centralized", "bytes_mean"]
     c = float(cen.iloc[0]) if len(cen) else np.nan

@@ -45,7 +45,7 @@ def compute(runs_root: Path) -> tuple[pd.DataFrame, list[Path]]:
                 m.add(v, run.summary_file)
             sources += m.sources
             if m.n:
-                recs.append({"panel": "a", "arm": arm, "metric": metric, "mean": m.mean, "sd": m.sd, "n": m.n})
+                recs.append({"panel": "a", "arm": arm, "metric": metric, "mean": m.mean, "sd": m.sd if m.sd is not None else np.nan, "n": m.n})
         per: dict[str, R.Measured] = {}
         for run in runs:
             got = run.per_finding_auc()
@@ -59,7 +59,7 @@ def compute(runs_root: Path) -> tuple[pd.DataFrame, list[Path]]:
             if f in per:
                 m = per[f]
                 sources += m.sources
-                recs.append({"panel": "b", "arm": arm, "metric": f"auc_{f}", "mean": m.mean, "sd": m.sd, "n": m.n})
+                recs.append({"panel": "b", "arm": arm, "metric": f"auc_{f}", "mean": m.mean, "sd": m.sd if m.sd is not None else np.nan, "n": m.n})
     df = pd.DataFrame.from_records(recs, columns=["panel", "arm", "metric", "mean", "sd", "n"])
     return df, sources
 

@@ -42,6 +42,12 @@ BENCH_ROWS = (
 )
 
 
+def _num(v: float | None) -> str:
+    if v is not None and v == v and float(v).is_integer():
+        return str(int(v))
+    return fmt(v)
+
+
 def _bfdl_ledger_runs(runs_root: Path) -> list[R.Run]:
     return [r for r in R.load_group(runs_root, R.ARMS_DIR) if r.arm == "bfdl" and r.ledger_summary() is not None]
 
@@ -124,9 +130,10 @@ def generate(runs_root: Path, out_dir: Path) -> Output:
         elif r["quantity"] == "heads_agree":
             val = "yes" if r["mean"] else "NO"
         else:
-            val = fmt(r["mean"])
+            val = _num(r["mean"])
             if r["n"] > 1:
-                val += f" (min {fmt(r['min'])}, max {fmt(r['max'])}, n={int(r['n'])})"
+                unit = "rounds" if r["quantity"] == "tx_per_round" else "runs"
+                val += f" (min {_num(r['min'])}, max {_num(r['max'])}, over {int(r['n'])} {unit})"
         src = str(runs_root.name + "/" + R.LEDGER_BENCH_FILE) if str(r["source"]).startswith("bench") else \
             f"{runs_root.name}/{R.ARMS_DIR}/bfdl-s*/ledger/ledger_summary.json"
         rows.append([r["label"], r["paper"], val, src])

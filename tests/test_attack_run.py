@@ -53,14 +53,14 @@ def test_inversion_and_membership_commands_write_result_files(dataset, capsys):
     run = _make_run(dataset, "bfdl", "bfdl", "sample")
     run.write_json("summary.json", {"epsilon": 2.5, "delta": 1e-5, "accountant": "rdp", "noise_multiplier": 1.1})
     rc = cli.main(["attack", "inversion", "--run", str(run.path), "--targets", "1", "--batch-sizes", "1",
-                   "--local-steps", "1,2", "--iterations", "15", "--restarts", "1"])
+                   "--local-steps", "1", "--iterations", "10", "--restarts", "1"])
     assert rc == 0
     inv = json.loads(run.file("attacks", "inversion.json").read_text())
-    assert [r["target"] for r in inv["rows"]] == ["plain_update"] * 2 + ["secure_sum"] * 2 + ["dp_update"] * 2
+    assert [r["target"] for r in inv["rows"]] == ["plain_update", "secure_sum", "dp_update"]
     for r in inv["rows"]:
         assert INV_KEYS <= set(r)
         assert 0.0 <= r["ci_low"] <= r["success_rate"] <= r["ci_high"] <= 1.0
-    assert inv["rows"][3]["n_targets"] == 3 * 2  # secure sum of 3 hospitals, 2 local steps of batch 1
+    assert inv["rows"][1]["n_targets"] == 3  # secure sum of 3 hospitals, one image each
     assert inv["setting"]["applicable"] is True and inv["setting"]["gallery_size"] >= 101
     assert run.file("attacks", "inversion_grid.png").read_bytes()[:4] == b"\x89PNG"
     assert run.file("attacks", "inversion.csv").read_text().startswith("target,")

@@ -128,3 +128,26 @@ def test_tampered_manifest_detected(tmp_path: Path):
     (d / "k3" / "hospital_a.csv.gz").write_bytes(manifest_bytes(df, gzip_output=True))
     with pytest.raises(DataError, match=r"differ from a fresh regeneration, first: k3/hospital_a\.csv\.gz"):
         nih.regenerate(d, check=True, ks=(3,))
+
+
+def test_prepare_chestmnist(tmp_path: Path):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    data = {}
+    for s, n in (("train", 30), ("val", 6), ("test", 10)):
+        data[f"{s}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        data[f"{s}_labels"] = rng.integers(0, 2, (n, 14)).astype(np.uint8)
+    np.savez(tmp_path / "chestmnist.npz", **data)
+    cfg = DataConfig(source="chestmnist", npz=str(tmp_path / "chestmnist.npz"), root=str(tmp_path / "cm"),
+                     hospitals=3, scheme="iid", image_size=28)
+    p = prepare.prepare_data(cfg, seed=0, manifest_dir=tmp_path / "m")
+    frames = read_manifest_dir(p.manifest_dir)
+    assert len(frames["test"]) == 10 and sum(len(f) for f in frames.values()) == 46
+    from bfdl_tff.data import chestmnist, loader
+
+    t = loader.load_image_set(p.root, p.manifest_dir / "test.csv", image_size=28)
+    ref = chestmnist.load_chestmnist(tmp_path / "chestmnist.npz", split="test")
+    assert t.images == ref.images and np.allclose(t.x, ref.x, atol=1e-6) and (t.y == ref.y).all()
+    with pytest.raises(DataError, match="data.npz"):
+        prepare.prepare_data(DataConfig(source="chestmnist", root=str(tmp_path / "x")), seed=0, manifest_dir=tmp_path / "y")

@@ -287,5 +287,25 @@ def test_manifest_referencing_unknown_images_or_wrong_labels(ds: Path, manifests
     df = pd.read_csv(manifests / "hospital_a.csv")
     df.loc[3, "Hernia"] = 1 - df.loc[3, "Hernia"]
     bad = write_manifest(tmp_path / "hospital_b.csv", df)
-    with pytest.raises(DataError, match=r"hospital_b\.csv: labels of 1 image\(s\) differ"):
+    with pytest.raises(DataError, match=r"hospital_b\.csv: labels of 1 image\(s\) differ.*stale or foreign"):
         loader.load_image_set(ds, bad, image_size=16)
+    # a small revision-level difference only warns, and the manifest's labels are used
+    with pytest.warns(UserWarning, match="labels of 1 image"):
+        s = loader.load_image_set(ds, bad, image_size=16, max_label_mismatch=0.05)
+    assert s.y[3, -1] == df.loc[3, "Hernia"]
+
+
+def test_bad_bbox_file(tmp_path: Path):
+    _png(tmp_path / "images" / "00000001_000.png", np.zeros((8, 8), np.uint8), "L")
+    _write_entry(tmp_path, [("00000001_000.png", "Mass")])
+    meta = loader.read_metadata(tmp_path)
+    box = tmp_path / "BBox_List_2017.csv"
+    for text, pattern in (
+        ("Image Index,Finding Label,Bbox [x,y,w,h]\n00000001_000.png,Tumour,1,1,2,2\n", r"line 2: unknown finding 'Tumour'"),
+        ("Image Index,Finding Label,Bbox [x,y,w,h]\n00000001_000.png,Mass,1,1,2\n", r"line 2: expected 6 fields"),
+        ("Image,Label,Box\n", r"unknown bounding-box file layout"),
+    ):
+        box.write_text(text)
+        with pytest.raises(DataError, match=pattern) as ei:
+            loader.load_image_set(tmp_path, _manifest_of(meta), image_size=8, with_masks=True)
+        assert str(box) in str(ei.value)

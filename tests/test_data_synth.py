@@ -140,7 +140,7 @@ def _macro_auc(y, p):
     return float(np.mean(aucs)), len(aucs)
 
 
-def _cnn_auc(tmp: Path, *, n: int, size: int, epochs: int) -> float:
+def _cnn_auc(tmp: Path, *, n: int, size: int, epochs: int, widths=(16, 32, 32), lr: float = 2e-3) -> float:
     import tensorflow as tf
 
     root = tmp / f"learn{size}"
@@ -155,9 +155,9 @@ def _cnn_auc(tmp: Path, *, n: int, size: int, epochs: int) -> float:
     def blk(f):
         return [L.Conv2D(f, 3, padding="same", use_bias=False), L.BatchNormalization(), L.ReLU(), L.MaxPool2D()]
 
-    model = tf.keras.Sequential([L.Input((size, size, 1))] + blk(16) + blk(32) + blk(32)
+    model = tf.keras.Sequential([L.Input((size, size, 1))] + [lay for w in widths for lay in blk(w)]
                                 + [L.GlobalAveragePooling2D(), L.Dense(14, activation="sigmoid")])
-    model.compile(tf.keras.optimizers.Adam(2e-3), "binary_crossentropy")
+    model.compile(tf.keras.optimizers.Adam(lr), "binary_crossentropy")
     model.fit(loader.make_dataset(tr, batch_size=32, shuffle_seed=0), epochs=epochs, verbose=0)
     auc, n_labels = _macro_auc(te.y, model.predict(te.x, verbose=0))
     assert n_labels >= 10
@@ -172,5 +172,5 @@ def test_small_cnn_learns_it_quickly(tmp_path: Path):
 
 @pytest.mark.slow
 def test_small_cnn_learns_it_at_64px(tmp_path: Path):
-    auc = _cnn_auc(tmp_path, n=3000, size=64, epochs=8)
+    auc = _cnn_auc(tmp_path, n=3000, size=64, epochs=8, widths=(16, 32, 64, 64), lr=1e-3)
     assert auc > 0.72, auc

@@ -183,3 +183,18 @@ def test_summary_key_aliases():
     assert R.lookup(s, "precision_macro") == 0.3
     assert R.as_float(R.lookup(s, "all_negative_accuracy")) == pytest.approx(0.95)
     assert R.lookup(s, "recall_macro") is None
+
+
+def test_single_seed_runs(tmp_path):
+    """One seed per arm (the quick profile): sd is undefined, figures still draw."""
+    runs = tmp_path / "runs"
+    shutil.copytree(FIXTURES, runs)
+    for arm in ("centralized", "federated", "bfdl"):
+        for s in (1, 2):
+            shutil.rmtree(runs / "arms" / f"{arm}-s{s}")
+    manifest = paper_figures.generate_all(runs, tmp_path / "out")
+    assert manifest["fig2_performance"]["missing"] == []
+    df = pd.read_csv(tmp_path / "out" / "fig2_performance.csv")
+    assert set(df["n"]) == {1} and df["sd"].isna().all()
+    t = pd.read_csv(tmp_path / "out" / "table33.csv")
+    assert "(n=1)" in (tmp_path / "out" / "table33.md").read_text() and t[t.metric == "macro_auc"]["sd"].isna().all()

@@ -85,7 +85,9 @@ def test_orchestrator_records_stages_and_skips(tmp_path, capsys):
         rec = state["stages"][name]
         assert rec["status"] == "done" and rec["seconds"] > 0 and rec["config"]["profile"] == "quick"
         assert (tmp_path / rec["log"]).is_file()
-    assert state["stages"]["report"]["outputs"] == ["results/REPORT.md"]
+    assert state["stages"]["report"]["outputs"] == ["results/REPORT.md", "results/expected_results.md"]
+    exp = (tmp_path / "results" / "expected_results.md").read_text()
+    assert "figures " in exp and "arms not measured" in exp and "![Figure 2" in exp
     report = (tmp_path / "results" / "REPORT.md").read_text()
     assert "results/stages.json" in report  # runtime read from stages.json
     out = capsys.readouterr().out

@@ -24,7 +24,8 @@ def _cfg(rounds: int = 2):
     return cfg
 
 
-def test_bfdl_arm_end_to_end_then_audit(tmp_path, capsys):
+def test_bfdl_arm_end_to_end_then_audit(tmp_path):
+    # no capsys here: TFF starts its worker_binary with stdout=sys.stdout, which needs a fileno
     from bfdl_tff.cli import main
     from bfdl_tff.federated.runner import run_experiment
     from bfdl_tff.federated.testing import toy_federation

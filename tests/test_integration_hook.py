@@ -270,3 +270,18 @@ def test_audit_cli_errors(pristine, tmp_path, capsys):
     assert "genesis.json" in capsys.readouterr().err
     res = verify_run(pristine, admin_key="00" * 32, write=False)
     assert not res.ok and res.first_failure.startswith("genesis")
+
+
+def test_no_cap_when_epsilon_cap_is_zero(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    hook = LedgerHook(run, keystore=LocalKeyStore(run / "keys"), replicas=4, epsilon_cap=0.0)
+    ctxs = synthetic_rounds(run, hospitals=H[:1], rounds=1, epsilon_per_round=50.0)
+    hook.on_start(run_info(run, H[:1]))
+    try:
+        hook.on_round_end(ctxs[0])
+        hook.drain()
+        assert hook.cluster.query("privacy")["epsilon"] == 50.0
+        assert hook.ledger_summary()["epsilon_cap"] is None
+    finally:
+        hook.close()

@@ -110,7 +110,8 @@ def check_dataset(root: Path, *, decode: bool = False) -> dict:
         loader.decode_images(paths, image_size=32)
     idx = loader.index_images(root)
     boxes = loader.read_bboxes(root)
-    unknown_boxes = [n for n in boxes if n not in set(images)]
+    known = set(images)
+    unknown_boxes = [n for n in boxes if n not in known]
     if unknown_boxes:
         raise DataError(f"{root / loader.BBOX_NAME}: {len(unknown_boxes)} boxed image(s) not in {src}, first: {', '.join(unknown_boxes[:5])}")
     masks = root / "masks"

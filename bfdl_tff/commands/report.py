@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from bfdl_tff.commands.figures import import_paper_figures
 
     paper_figures = import_paper_figures()
-    from paper_figures.report import build_report
+    from paper_figures.report import build_expected_results, build_report
 
     runs = Path(args.runs)
     if not runs.is_dir():
@@ -36,4 +36,5 @@ def run(args: argparse.Namespace) -> int:
     text = path.read_text(encoding="utf-8")
     n_missing = text.count("not measured (missing")
     print(f"report: wrote {path} ({n_missing} 'not measured' entries)")
+    print(f"report: wrote {build_expected_results(runs, out)} (README 'Expected results' section)")
     return 0

@@ -32,14 +32,13 @@ the hospital sizes (quantity skew).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from bfdl_tff.data.labels import FINDINGS, NO_FINDING
 from bfdl_tff.data.manifest import (
-    MANIFEST_COLUMNS,
     TEST_NAME,
     check_disjoint,
     display_name,

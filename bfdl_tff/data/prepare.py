@@ -66,6 +66,7 @@ def ensure_synthetic(cfg: DataConfig, *, seed: int) -> tuple[Path, dict[str, Any
                                 n_sites=cfg.synth_sites or cfg.hospitals, site_shift=cfg.synth_site_shift)
         if root.exists() and not synth.is_complete(root):
             shutil.rmtree(root)  # an old incomplete directory (should not happen: we rename)
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
         try:
             os.rename(tmp, root)
         except OSError:

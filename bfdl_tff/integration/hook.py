@@ -201,6 +201,8 @@ class LedgerHook:
             chain_id=self.chain_id,
         )
         self.genesis = genesis
+        # The genesis is the authority (on resume it may predate this config): no cap = None.
+        self.epsilon_cap = math.inf if genesis.epsilon_cap is None else float(genesis.epsilon_cap)
         self.cluster = L.open_cluster(
             self.ledger_dir,
             genesis=genesis,
@@ -467,7 +469,7 @@ class LedgerHook:
             "replicas": self.replicas,
             "transport": self.transport,
             "keys_backend": self.keystore.backend,
-            "epsilon_cap": self.epsilon_cap,
+            "epsilon_cap": self.epsilon_cap if math.isfinite(self.epsilon_cap) else None,
             "rounds": [x.round_num for x in recs],
             "tx_per_round": [x.tx_count for x in recs],
             "tx_kinds_per_round": [x.kinds for x in recs],

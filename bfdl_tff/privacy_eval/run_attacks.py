@@ -88,10 +88,35 @@ def manifest_dir_of(run: RunDir) -> Path:
     raise RunDirError(f"{run.path}: no hospital manifests found (tried {', '.join(str(p) for p in tried)})")
 
 
+def data_root_of(run: RunDir, mdir: Path) -> Path:
+    """The dataset root the run trained on: ``partition.json``'s ``root`` beside the manifests,
+    else the synthetic cache directory for the run's (data config, partition seed), else
+    ``data.root``."""
+    pj = mdir / "partition.json"
+    if pj.exists():
+        try:
+            root = json.loads(pj.read_text(encoding="utf-8")).get("root")
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"{pj}: not valid JSON ({e})") from None
+        if root and Path(root).is_dir():
+            return Path(root)
+    cfg = run.config.data
+    if cfg.source == "synthetic":
+        try:
+            from bfdl_tff.data import prepare
+
+            cand = prepare.synthetic_root(cfg, seed=run.config.resolved_seeds()["partition"])
+            if cand.is_dir():
+                return cand
+        except (ImportError, AttributeError):
+            pass
+    return _resolve(cfg.root)
+
+
 def load_run_data(run: RunDir) -> tuple[list[str], dict[str, Any], Any]:
     """``(hospital names, {name: train ImageSet}, test ImageSet)`` at the run's image size."""
     mdir = manifest_dir_of(run)
-    root = _resolve(run.config.data.root)
+    root = data_root_of(run, mdir)
     size = run.config.data.image_size
     try:
         from bfdl_tff.data import federation
@@ -138,10 +163,10 @@ def run_privacy(run: RunDir) -> dict[str, Any]:
     out: dict[str, Any] = {
         "mode": mode,
         "noise_multiplier": z,
-        "l2_clip": float(s.get("l2_clip", p.l2_clip)),
+        "l2_clip": float(s.get("l2_clip") or p.l2_clip),
         "epsilon": None,
-        "delta": float(s.get("delta", p.delta)),
-        "accountant": s.get("accountant", p.accountant),
+        "delta": float(s.get("delta") or p.delta),
+        "accountant": s.get("accountant") or p.accountant,
         "epsilon_source": None,
     }
     if mode == "none":

@@ -119,10 +119,10 @@ PROFILES: dict[str, Profile] = {
         expected_runtime="about 20 minutes on 2 CPU cores",
         base=_synthetic_base(images=1500, size=64, rounds=10, batch=16),
         seeds=[0, 1, 2], ledger_off_seeds=[0], client_dp_seeds=[0], scalability_ks=list(range(3, 11)),
-        scalability_rounds=3, attack_seeds=[0],
-        attack={"inversion": {"n_updates": 4, "batch_sizes": [1, 4], "local_steps": [1], "iterations": 200,
-                              "restarts": 2},
-                "membership": {"n_shadows": 4, "max_per_class": 200}},
+        scalability_rounds=2, attack_seeds=[0],
+        attack={"inversion": {"n_updates": 2, "batch_sizes": [1], "local_steps": [1], "iterations": 150,
+                              "restarts": 1},
+                "membership": {"n_shadows": 2, "max_per_class": 200, "shadow_epochs": 5}},
         bench={"transactions": 1000}, budget_rounds=[10, 50],
     ),
     "paper": Profile(
@@ -276,7 +276,6 @@ class _Failures:
     def check(self) -> None:
         if self.errors:
             raise BfdlError(f"{len(self.errors)} failure(s) in stage {self.stage}: " + " | ".join(self.errors))
-
 
 
 def stage_data(ctx: Context) -> list[Path]:
@@ -573,7 +572,14 @@ def _rel(p: Path | str, base: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:  # noqa: ARG001
+    raise SystemExit(128 + signum)  # unwinds through the worker's ``finally`` (stops TFF workers)
+
+
 def _worker(args: argparse.Namespace) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     ctx = _context(args)
     stage = {s.name: s for s in STAGES}[args.worker]
     result_file = ctx.runs / "logs" / f"{stage.name}.result.json"
@@ -589,6 +595,8 @@ def _worker(args: argparse.Namespace) -> int:
     except Exception as e:  # noqa: BLE001 - record any failure, with the traceback in the log
         traceback.print_exc()
         status, error, code = "failed", f"{type(e).__name__}: {e}", 1
+    except SystemExit as e:
+        status, error, code = "failed", f"terminated (exit {e.code})", int(e.code or 1)
     finally:
         if "bfdl_tff.tff_runtime" in sys.modules:
             sys.modules["bfdl_tff.tff_runtime"].shutdown_workers()
@@ -678,8 +686,12 @@ def orchestrate(args: argparse.Namespace) -> int:
             try:
                 rc = _follow(proc, log, stage.name)
             except KeyboardInterrupt:
-                proc.terminate()
-                proc.wait()
+                proc.terminate()  # the worker's SIGTERM handler stops its TFF worker_binary
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
                 raise
         seconds = time.perf_counter() - t0
         res = json.loads(result_file.read_text(encoding="utf-8")) if result_file.is_file() else {

@@ -216,7 +216,8 @@ class Replica:
         self.tick_on = False
         self.tick_exec = -1
         self.own_vc: Optional[bytes] = None
-        self.own_vcs: dict[int, bytes] = {}  # our VIEW-CHANGE per view (recent), for lagging peers
+        self.own_vcs: dict[int, bytes] = {}
+        self.exec_digests: dict[int, bytes] = {}  # digest executed at seq (above the stable checkpoint)  # our VIEW-CHANGE per view (recent), for lagging peers
         self.nv_helped: set[tuple[int, int]] = set()
         self.now = 0
 
@@ -245,6 +246,10 @@ class Replica:
         out: list[Action] = []
         if restarted and self.n > 1:
             out.append(Send(None, self._sign(M.StateRequest(self.last_exec + 1, self.last_exec))))
+            if self.view > 0:
+                # We may have crashed in the middle of a view change (our VIEW-CHANGE may never
+                # have left): rejoin it with a fresh VIEW-CHANGE and wait for its NEW-VIEW.
+                self._start_view_change(self.view, out, rejoin=True)
         return out
 
     def receive(self, raw: bytes, now_ms: int) -> list[Action]:
@@ -483,7 +488,11 @@ class Replica:
             self._count("bad_tx_root")
             return False
         if pp.seq <= self.last_exec:
-            return False
+            # Already executed (e.g. re-proposed in a new view): take part again so that lagging
+            # replicas can commit it in this view, but only for the batch we executed.
+            if self.exec_digests.get(pp.seq) != pp.digest:
+                self._count("conflicts_with_executed")
+                return False
         if not self._vote(pp.seq, pp.view, pp.digest, out):
             return False
         slot = _Slot(pp.view, pp.digest, pp.tx_root, pp.batch, env.raw)
@@ -580,6 +589,7 @@ class Replica:
             proposer = slot.batch.proposal_view % self.n
             res = self.app.execute(seq, slot.batch, proposer)
             self.last_exec = seq
+            self.exec_digests[seq] = slot.digest
             progressed = True
             for raw in slot.batch.txs:
                 h = self.verified.pop(raw, None) or M.sha256(raw)
@@ -662,6 +672,8 @@ class Replica:
                 del d[k]
         for s in [s for s in self.prepared_proofs if s <= seq]:
             del self.prepared_proofs[s]
+        for s in [s for s in self.exec_digests if s <= seq]:
+            del self.exec_digests[s]
         for s in [s for s in self.checkpoints if s < seq]:
             del self.checkpoints[s]
         for s in [s for s in self.own_checkpoints if s < seq]:
@@ -743,18 +755,23 @@ class Replica:
 
     # -- view change -------------------------------------------------------------------------
 
-    def _start_view_change(self, new_view: int, out: list[Action]) -> None:
-        if new_view <= self.view and not self.active:
-            return
-        if new_view < self.view:
-            return
+    def _make_view_change(self, new_view: int) -> tuple[M.ViewChange, bytes]:
+        prepared = tuple(p for s, (v, _d, p) in sorted(self.prepared_proofs.items())
+                         if s > self.stable_seq and v < new_view)
+        vc = M.ViewChange(new_view, self.stable_seq, self.stable_proof, prepared)
+        return vc, self._sign(vc)
+
+    def _start_view_change(self, new_view: int, out: list[Action], *, rejoin: bool = False) -> None:
+        if not rejoin:
+            if new_view <= self.view and not self.active:
+                return
+            if new_view < self.view:
+                return
         self.view = new_view
         self.active = False
         self.vc_attempts += 1
         self.view_timer_on = False
-        prepared = tuple(p for s, (_v, _d, p) in sorted(self.prepared_proofs.items()) if s > self.stable_seq)
-        vc = M.ViewChange(new_view, self.stable_seq, self.stable_proof, prepared)
-        raw = self._sign(vc)
+        vc, raw = self._make_view_change(new_view)
         out.append(Persist("view", new_view.to_bytes(8, "big")))
         out.append(Send(None, raw))
         self.own_vc = raw
@@ -800,13 +817,15 @@ class Replica:
             self._count("old_view")
             if self.active and vc.new_view == self.view:
                 self._help_lagging(env.sender, out)
-            elif vc.new_view < self.view and vc.new_view in self.own_vcs:
-                # The peer is still collecting VIEW-CHANGEs for a view we passed through: ours may
-                # have been lost, resend it (the same message, no new promise).
+            elif vc.new_view < self.view:
+                # The peer is still collecting VIEW-CHANGEs for a view we already left behind: ours
+                # may have been lost (or we restarted). Resend it, or a fresh one for that view (we
+                # accept nothing below our current view anyway, so it promises nothing new).
                 key = (env.sender, -vc.new_view - 1)
-                if key not in self.nv_helped:
+                if key not in self.nv_helped and len(self.nv_helped) < 100_000:
                     self.nv_helped.add(key)
-                    out.append(Send(env.sender, self.own_vcs[vc.new_view]))
+                    raw = self.own_vcs.get(vc.new_view) or self._make_view_change(vc.new_view)[1]
+                    out.append(Send(env.sender, raw))
             return
         if vc.new_view > self.view + 1000:
             self._count("future_view")
@@ -944,7 +963,7 @@ class Replica:
                     break
         for e in pps:
             pp = e.body
-            if pp.seq <= self.last_exec:
+            if pp.seq <= self.h:
                 continue
             old = self.log.pop(pp.seq, None)
             if e.sender == self.id:

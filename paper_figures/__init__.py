@@ -25,20 +25,42 @@ MODULES: tuple[str, ...] = (
 def generate_all(runs_root: str | Path, out_dir: str | Path, *, only: tuple[str, ...] = ()) -> dict:
     from bfdl_tff.io_utils import atomic_write_json
 
+    import json
+
     runs_root, out_dir = Path(runs_root), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {}
+    manifest: dict = {}
+    mfile = out_dir / "figures_manifest.json"
+    if only and mfile.is_file():  # a partial rerun updates its entries, keeps the others
+        try:
+            manifest = {k: v for k, v in json.loads(mfile.read_text(encoding="utf-8")).items() if k in MODULES}
+        except ValueError:
+            manifest = {}
     base = runs_root.resolve().parent
+    errors = []
     for name in MODULES:
         if only and name not in only:
             continue
-        mod = importlib.import_module(f"paper_figures.{name}")
-        res = mod.generate(runs_root, out_dir)
+        try:
+            mod = importlib.import_module(f"paper_figures.{name}")
+            res = mod.generate(runs_root, out_dir)
+        except Exception as e:  # one broken figure must not stop the others
+            import traceback
+
+            traceback.print_exc()
+            errors.append(f"{name}: {type(e).__name__}: {e}")
+            manifest[name] = {"name": name, "files": [], "sources": [], "missing": [], "error": errors[-1]}
+            continue
         d = res.as_dict(None)
         d["files"] = [str(Path(p).name) for p in res.files]
         d["sources"] = sorted({_rel(p, base) for p in res.sources})
         manifest[name] = d
-    atomic_write_json(out_dir / "figures_manifest.json", manifest)
+    manifest = {k: manifest[k] for k in MODULES if k in manifest}
+    atomic_write_json(mfile, manifest)
+    if errors:
+        from bfdl_tff.errors import BfdlError
+
+        raise BfdlError(f"figures failed ({out_dir / 'figures_manifest.json'}): " + "; ".join(errors))
     return manifest
 
 

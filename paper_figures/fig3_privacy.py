@@ -100,7 +100,8 @@ def generate(runs_root: Path, out_dir: Path) -> Output:
         labels, xs = [], []
         for i, (_, row) in enumerate(a.iterrows()):
             ax_a.bar(i, row["value"], color=arm_color(row["arm"]), width=0.7)
-            ax_a.errorbar(i, row["value"], yerr=[[row["value"] - row["ci_low"]], [row["ci_high"] - row["value"]]],
+            ax_a.errorbar(i, row["value"], yerr=[[max(0.0, row["value"] - row["ci_low"])],
+                                                 [max(0.0, row["ci_high"] - row["value"])]],
                           color="black", capsize=3, lw=1)
             labels.append(f"{arm_short(row['arm'])}\n{row['series'].replace('_', ' ')}\nB={int(row['batch_size'])} s={int(row['local_steps'])}\n(n={int(row['n'])})")
             xs.append(i)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from paper_figures import results as R
@@ -84,6 +83,7 @@ def _plot(ax, df: pd.DataFrame, panel: str, ylabel: str, title: str) -> bool:
         sd = s["sd"].fillna(0.0).to_numpy()
         ax.fill_between(s["round"].to_numpy(float), s["mean"] - sd, s["mean"] + sd, color=color, alpha=0.2, lw=0)
     ax.set_xlabel("round")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()

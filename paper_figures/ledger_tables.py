@@ -153,6 +153,8 @@ def generate(runs_root: Path, out_dir: Path) -> Output:
             ax_a.plot(s["round"], s["tx"], "o-", ms=3, label=run)
         ax_a.axhspan(50, 70, color="#C44E52", alpha=0.15, label="paper: 50-70")
         ax_a.set_xlabel("round")
+        ax_a.xaxis.get_major_locator().set_params(integer=True)
+        ax_a.set_ylim(bottom=0)
         ax_a.set_ylabel("transactions")
         ax_a.set_title("(a) Ledger transactions per round")
         ax_a.legend(fontsize=6)
@@ -163,7 +165,7 @@ def generate(runs_root: Path, out_dir: Path) -> Output:
         ax_b.set_xticks([0, 1], ["on-chain", "off-chain"])
         ax_b.set_ylabel("MB per 100 rounds")
         ax_b.set_title("(b) Ledger growth")
-        ax_b.legend()
+        ax_b.legend(loc="lower center")
     out.files += save_figure(fig, out_dir / NAME)
     out.files.append(write_csv(per_round, out_dir / f"{NAME}_per_round.csv"))
     return out

@@ -25,6 +25,14 @@ from paper_figures.style import fmt, markdown_table, new_figure, no_data, save_f
 NAME = "privacy_budget"
 
 
+def _short(r: object) -> str:
+    """Tick label: level, rounds and sampling rate (the full setting name is in the CSV)."""
+    level = getattr(r, "level", "")
+    rounds = getattr(r, "rounds", "")
+    q = getattr(r, "sampling_rate", None)
+    return f"{level}-level\n{rounds} rounds\nq={fmt(q, 3)}"
+
+
 def compute(runs_root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
     runs_root = Path(runs_root)
     recs, sources = [], []
@@ -80,6 +88,7 @@ def generate(runs_root: Path, out_dir: Path) -> Output:
             ax_a.plot(s["round"], s["epsilon"], "o-", ms=3, color=colors.get(series), label=f"{series}: {name}")
         ax_a.axhline(1.0, color="black", ls="--", lw=0.8, label="target epsilon = 1")
         ax_a.set_xlabel("round")
+        ax_a.xaxis.get_major_locator().set_params(integer=True)
         ax_a.set_ylabel("epsilon spent")
         ax_a.set_title("(a) Cumulative epsilon per round")
         ax_a.legend(fontsize=6)
@@ -91,7 +100,7 @@ def generate(runs_root: Path, out_dir: Path) -> Output:
         ax_b.bar(xs, noise["noise_multiplier"].astype(float), color=["#C44E52" if lv == "client" else "#55A868"
                                                                       for lv in noise["level"]])
         ax_b.set_yscale("log")
-        ax_b.set_xticks(xs, [str(s).replace("_", "\n", 2) for s in noise["setting"]], fontsize=6)
+        ax_b.set_xticks(xs, [_short(r) for r in noise.itertuples()], fontsize=6.5)
         ax_b.set_ylabel("noise multiplier for epsilon = 1")
         ax_b.set_title("(b) Noise needed for epsilon = 1")
         for x, z in zip(xs, noise["noise_multiplier"].astype(float)):

@@ -17,9 +17,7 @@
 # Every stage runs in its own process with output to runs/logs/<stage>.log (never a pipe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ ! -x .venv/bin/python || ! -x .venv/bin/bfdl ]] || ! scripts/setup.sh >/dev/null 2>&1; then
-  scripts/setup.sh
-fi
+scripts/setup.sh   # idempotent: one line when .venv is up to date, a full install when missing/stale
 export TF_CPP_MIN_LOG_LEVEL=2
 export PYTHONHASHSEED=0
 exec .venv/bin/python -m bfdl_tff.reproduce "$@"

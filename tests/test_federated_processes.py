@@ -73,7 +73,15 @@ def test_fedavg_is_weighted_mean_of_client_updates_and_equals_process_next(setup
     for c in out.clients.values():
         assert c.commitment == weights_digest(c.update)
     # per-hospital execution gives exactly what TFF's build_weighted_fed_avg process computes
-    ref = alg.process.next(state, [data[n] for n in fed.names])
+    import tensorflow_federated as tff
+
+    official = tff.learning.algorithms.build_weighted_fed_avg(
+        setup["bundle"].model_fn,
+        client_optimizer_fn=processes.make_optimizer("sgd", learning_rate=0.1),
+        server_optimizer_fn=processes.make_optimizer("sgd", learning_rate=1.0),
+        client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
+    )
+    ref = official.next(official.set_model_weights(official.initialize(), setup["mw"]), [data[n] for n in fed.names])
     for a, b in zip(_flat(out.state.global_model_weights.trainable), _flat(ref.state.global_model_weights.trainable)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 

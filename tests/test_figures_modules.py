@@ -155,7 +155,7 @@ def test_missing_inputs_are_not_invented(tmp_path):
     for p in runs.glob("arms/*/attacks"):
         shutil.rmtree(p)
     out = tmp_path / "results"
-    manifest = paper_figures.generate_all(runs, out)
+    manifest = paper_figures.generate_all(runs, out, only=("table33", "fig3_privacy", "fig4_scalability", "ledger_tables"))
     assert any("bench.json" in m for m in manifest["ledger_tables"]["missing"])
     assert manifest["fig4_scalability"]["missing"]
     assert manifest["fig3_privacy"]["missing"]
@@ -172,9 +172,24 @@ def test_missing_inputs_are_not_invented(tmp_path):
 
 def test_empty_runs_root(tmp_path):
     (tmp_path / "runs").mkdir()
-    manifest = paper_figures.generate_all(tmp_path / "runs", tmp_path / "out")
+    manifest = paper_figures.generate_all(tmp_path / "runs", tmp_path / "out",
+                                          only=("table33", "fig2_performance", "fig5_convergence"))
     assert all(manifest[n]["missing"] for n in ("table33", "fig2_performance", "fig5_convergence"))
     assert (tmp_path / "out" / "fig2_performance.png").is_file()
+
+
+def test_a_failing_module_does_not_stop_the_others(tmp_path, monkeypatch):
+    from bfdl_tff.errors import BfdlError
+    from paper_figures import fig3_privacy
+
+    def boom(runs_root, out_dir):
+        raise RuntimeError("broken")
+
+    monkeypatch.setattr(fig3_privacy, "generate", boom)
+    with pytest.raises(BfdlError, match="fig3_privacy: RuntimeError: broken"):
+        paper_figures.generate_all(FIXTURES, tmp_path, only=("table33", "fig3_privacy", "communication"))
+    manifest = json.loads((tmp_path / "figures_manifest.json").read_text())
+    assert manifest["fig3_privacy"]["error"] and (tmp_path / "communication.csv").is_file()
 
 
 def test_summary_key_aliases():
@@ -192,9 +207,16 @@ def test_single_seed_runs(tmp_path):
     for arm in ("centralized", "federated", "bfdl"):
         for s in (1, 2):
             shutil.rmtree(runs / "arms" / f"{arm}-s{s}")
-    manifest = paper_figures.generate_all(runs, tmp_path / "out")
+    manifest = paper_figures.generate_all(runs, tmp_path / "out", only=("table33", "fig2_performance", "communication"))
     assert manifest["fig2_performance"]["missing"] == []
     df = pd.read_csv(tmp_path / "out" / "fig2_performance.csv")
     assert set(df["n"]) == {1} and df["sd"].isna().all()
     t = pd.read_csv(tmp_path / "out" / "table33.csv")
     assert "(n=1)" in (tmp_path / "out" / "table33.md").read_text() and t[t.metric == "macro_auc"]["sd"].isna().all()
+
+
+def test_partial_rerun_keeps_the_manifest(tmp_path):
+    paper_figures.generate_all(FIXTURES, tmp_path, only=("table33", "communication"))
+    m = paper_figures.generate_all(FIXTURES, tmp_path, only=("communication",))
+    assert list(m) == ["table33", "communication"]
+    assert json.loads((tmp_path / "figures_manifest.json").read_text())["table33"]["files"] == ["table33.csv", "table33.md"]

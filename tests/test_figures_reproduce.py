@@ -111,3 +111,17 @@ def test_script_exists_and_is_executable():
     assert script.is_file() and script.stat().st_mode & 0o111
     assert "bfdl_tff.reproduce" in script.read_text()
     assert sys.executable  # the tests run in the project venv
+
+
+def test_privacy_budget_stage_calibrates_with_the_accountant(tmp_path):
+    ctx = _ctx(tmp_path, "quick")
+    (out,) = RP.stage_privacy_budget(ctx)
+    doc = json.loads(out.read_text())
+    assert (doc["target_epsilon"], doc["delta"], doc["accountant"]) == (1.0, 1e-5, "rdp")
+    by = {s["name"]: s for s in doc["settings"]}
+    client50 = by["client_level_3_hospitals_50_rounds"]
+    assert 26 <= client50["noise_multiplier"] <= 30  # CLAIMS note 2: about 26-29
+    assert client50["epsilon_at_noise"] <= 1.0 + 1e-9
+    sample = next(s for s in doc["settings"] if s["level"] == "sample")
+    assert 1.0 < sample["noise_multiplier"] < 2.0 and sample["epsilon_at_noise"] <= 1.0 + 1e-9
+    assert by["client_level_3_hospitals_2_rounds"]["noise_multiplier"] < client50["noise_multiplier"]

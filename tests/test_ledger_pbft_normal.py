@@ -108,3 +108,43 @@ def test_flipped_byte_on_disk_is_detected(tmp_path):
     with pytest.raises(StorageCorruptError) as e:
         _lc(tmp_path, w)
     assert "replica_1.sqlite" in str(e.value)
+
+
+def _pre_prepare(c, w, seq, view=0, txs=None):
+    from ledger import merkle
+    from ledger import messages as M
+
+    txs = txs if txs is not None else [t.encode() for t in w.round_txs(seq, 4)]
+    root = merkle.merkle_root([M.sha256(t) for t in txs])
+    batch = M.Batch(1000 + seq, view, tuple(txs))
+    pp = M.PrePrepare(view, seq, M.batch_digest(root, batch.timestamp_ms, view), root, batch)
+    return M.encode(pp, view % c.n, c.keys[view % c.n]), pp
+
+
+def test_vote_persisted_before_prepare_is_sent():
+    w = Workload(5, 2)
+    c = SimCluster(4, genesis=w.genesis, seed=5, cfg=pbft.Config(n=4))
+    raw, pp = _pre_prepare(c, w, 1)
+    acts = c.nodes[1].replica.receive(raw, 0)
+    kinds = [type(a).__name__ for a in acts]
+    assert "Persist" in kinds and "Send" in kinds
+    assert kinds.index("Persist") < kinds.index("Send")
+    p = next(a for a in acts if isinstance(a, pbft.Persist))
+    assert p.value.endswith(pp.digest)
+
+
+def test_restarted_replica_refuses_conflicting_vote():
+    w = Workload(6, 2)
+    c = SimCluster(4, genesis=w.genesis, seed=6, cfg=pbft.Config(n=4))
+    raw_a, pp_a = _pre_prepare(c, w, 1)
+    node = c.nodes[2]
+    acts = node.replica.receive(raw_a, 0)
+    node._perform(acts)  # persist the vote in the replica's (durable) chain meta
+    c.restart(2)  # in-memory state lost; votes reloaded from the chain's metadata
+    rep = c.nodes[2].replica
+    assert rep.votes.get(1, (None, None))[1] == pp_a.digest
+    raw_b, pp_b = _pre_prepare(c, w, 1, txs=[t.encode() for t in w.round_txs(9, 3)])
+    assert pp_b.digest != pp_a.digest
+    acts = rep.receive(raw_b, 0)
+    assert not any(isinstance(a, pbft.Send) for a in acts)
+    assert rep.stats.get("conflicting_vote_refused", 0) == 1

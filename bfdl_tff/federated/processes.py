@@ -130,15 +130,11 @@ def build_fedavg(
     client_work = tff.learning.templates.build_model_delta_client_work(
         model_fn, client_optimizer, client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES
     )
-    _, aggregator, finalizer, _ = _components(
+    # Exactly the components tff.learning.algorithms.build_weighted_fed_avg composes (broadcast,
+    # model-delta client work with NUM_EXAMPLES weighting, the aggregator, the apply-optimizer
+    # finalizer); tests check round results equal build_weighted_fed_avg's process.next.
+    process, aggregator, finalizer, _ = _components(
         model_fn, client_work=client_work, aggregation_factory=factory, weighted=True, server_optimizer=server_optimizer
-    )
-    process = tff.learning.algorithms.build_weighted_fed_avg(
-        model_fn,
-        client_optimizer_fn=client_optimizer,
-        server_optimizer_fn=server_optimizer,
-        client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
-        model_aggregator=factory,
     )
     return FederatedAlgorithm(
         kind="fedavg",
@@ -198,14 +194,9 @@ def build_dp_fedavg(
     client_work = tff.learning.templates.build_model_delta_client_work(
         model_fn, client_optimizer, client_weighting=tff.learning.ClientWeighting.UNIFORM
     )
-    _, aggregator, finalizer, _ = _components(
+    # The components of tff.learning.algorithms.build_unweighted_fed_avg(model_aggregator=factory).
+    process, aggregator, finalizer, _ = _components(
         model_fn, client_work=client_work, aggregation_factory=factory, weighted=False, server_optimizer=server_optimizer
-    )
-    process = tff.learning.algorithms.build_unweighted_fed_avg(
-        model_fn,
-        client_optimizer_fn=client_optimizer,
-        server_optimizer_fn=server_optimizer,
-        model_aggregator=factory,
     )
     return FederatedAlgorithm(
         kind="dp_fedavg",

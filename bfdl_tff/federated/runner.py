@@ -442,6 +442,14 @@ def run_experiment(
         raise ConfigError(source, "arm", f"unknown arm {cfg.arm!r} (one of {', '.join(ARMS)})")
     handler = _setup_logging(run_path)
     try:
+        if resume and (run_path / "summary.json").exists():
+            latest = _latest_checkpoint(run_path / "checkpoints")
+            rounds_wanted = cfg.federated.rounds
+            if cfg.arm == "centralized" and cfg.federated.centralized_epochs > 0:
+                rounds_wanted = cfg.federated.centralized_epochs
+            if latest is not None and latest[0] >= rounds_wanted and (latest[2].get("hooks_done") or not hooks):
+                log.info("run in %s is complete (%d rounds); nothing to resume", run_path, latest[0])
+                return json.loads((run_path / "summary.json").read_text(encoding="utf-8"))
         model_cfg = registry.load_model_config(cfg.model.config, **cfg.model.overrides)
         if data is None:
             data = load_data(cfg, run_path, with_masks=registry.uses_masks(model_cfg))

@@ -16,8 +16,9 @@ wrap it inside ``model_fn()``.
   ``conv1_relu`` (S/2) and the input image (S); a 1x1 sigmoid segmentation head ``lesion``
   [S, S, 1]; the classification head sits on the bottleneck (``conv5_block3_out``, S/32).
 - ``resnet_unet_small``: the same hybrid topology with a narrow residual encoder (3x3 stem, then
-  ``len(blocks)`` stages of basic residual blocks, each halving the resolution and doubling the
-  filters from ``2 * width``), for 64 px CPU runs.
+  ``len(blocks)`` stages of basic residual blocks, each halving the resolution (stride-2 3x3
+  conv; average-pool + 1x1 conv shortcut, "ResNet-D") and doubling the filters from
+  ``2 * width``), for 64 px CPU runs.
 - ``keras_config``: a model rebuilt from a JSON (``model.to_json()``) or YAML file.
 
 With the segmentation head inactive (``seg_head: false`` or ``seg_loss_weight: 0``) the hybrids
@@ -195,10 +196,13 @@ def build_resnet50_unet(cfg: "ModelConfig") -> "tf.keras.Model":
 def _basic_block(cfg: "ModelConfig", x: Any, filters: int, name: str, *, strides: int) -> Any:
     tf = _tf()
     shortcut = x
+    if strides != 1:
+        # "Average-down" shortcut (ResNet-D): 2x2 average pooling, then a stride-1 1x1 conv.
+        # A strided 1x1 conv here corrupts memory inside TFF's worker_binary with oneDNN on
+        # (TF 2.14; see docs/models.md), and ResNet-D is the better-behaved variant anyway.
+        shortcut = tf.keras.layers.AveragePooling2D(strides, name=f"{name}_proj_pool")(shortcut)
     if strides != 1 or int(x.shape[-1]) != filters:
-        shortcut = tf.keras.layers.Conv2D(
-            filters, 1, strides=strides, use_bias=cfg.norm == "none", name=f"{name}_proj_conv"
-        )(x)
+        shortcut = tf.keras.layers.Conv2D(filters, 1, use_bias=cfg.norm == "none", name=f"{name}_proj_conv")(shortcut)
         shortcut = _norm(cfg, shortcut, f"{name}_proj")
     y = _conv_norm_relu(cfg, x, filters, f"{name}_1", strides=strides)
     y = _conv_norm_relu(cfg, y, filters, f"{name}_2", relu=False)

@@ -109,3 +109,15 @@ def test_grid_png_is_written(tmp_path, setup):
     ex = {"plain_update": [(gal[0][0][i], gal[0][0][i]) for i in range(3)], "dp_update": []}
     I.save_grid(ex, tmp_path / "g.png")
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_label_blind_dlg_recovers_image_and_labels_of_one_image_update(setup):
+    """label_mode joint: labels optimised with the image (DLG), no label knowledge at all."""
+    from bfdl_tff.privacy_eval import metrics as M
+
+    model, gal = setup
+    x, y = gal[0][0][5:6], gal[0][1][5:6]
+    u = I.local_update(model, x, y, client=I.ClientSetting(1, 1, 0.05))
+    res = I.invert(model, u, None, n_images=1, cfg=I.AttackConfig(iterations=200, restarts=1, seed=4))
+    assert M.ssim(np.clip(res.images[0], 0, 1), x[0]) > 0.5
+    np.testing.assert_array_equal(res.labels[0], y[0])

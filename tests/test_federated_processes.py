@@ -205,3 +205,27 @@ def test_traffic_from_type_signatures(setup):
     ts = communication.process_traffic(dp_client)
     assert ts.upload_per_client == trainable + 4  # 32 bits per value through SecureSum
     assert communication.type_bytes(dp_client.aggregator.next.type_signature.parameter[1], bits_per_value=64) == 2 * trainable
+
+
+def test_adaptive_clipping_moves_the_clip_norm(setup, tff_context):
+    import tensorflow as tf
+
+    from bfdl_tff.federated import processes
+
+    fed, bundle = setup["fed"], setup["bundle"]
+    opt = lambda lr: processes.make_optimizer("sgd", learning_rate=lr)  # noqa: E731
+    alg = processes.build_dp_fedavg(
+        bundle.model_fn, client_optimizer=opt(0.1), server_optimizer=opt(1.0), noise_multiplier=0.2,
+        clients_per_round=3, l2_clip=0.1, noise_seed=1, secure_sum=False, adaptive_clipping=True,
+    )
+    assert alg.context == "native"
+    trainer = processes.FederatedTrainer(alg)
+    data = {n: setup["batches"](n) for n in fed.names}
+    out = trainer.run_round(trainer.initialize(setup["mw"]), data)
+    clip = float(out.aggregator_measurements["dp_query_metrics"]["clip"])
+    assert clip != pytest.approx(0.1)  # the quantile estimate moved the clip norm
+    with pytest.raises(ValueError, match="secure sum"):
+        processes.build_dp_fedavg(
+            bundle.model_fn, client_optimizer=opt(0.1), server_optimizer=opt(1.0), noise_multiplier=0.2,
+            clients_per_round=3, l2_clip=0.1, noise_seed=1, secure_sum=True, adaptive_clipping=True,
+        )

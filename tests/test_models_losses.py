@@ -127,7 +127,7 @@ def test_keras_compile_and_fit_hybrid_one_step():
 
     from bfdl_tff.models.losses import compile_model
 
-    cfg = load_model_config("resnet_unet_small", input_size=32, width=4)
+    cfg = load_model_config("resnet_unet_small", input_size=32, width=4, blocks=[1, 1])
     model = compile_model(build_model(cfg, seed=0), cfg, optimizer=tf.keras.optimizers.SGD(0.1))
     rng = np.random.default_rng(3)
     x = rng.random((8, 32, 32, 1), dtype=np.float32)

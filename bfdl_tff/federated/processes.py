@@ -107,7 +107,15 @@ def _components(
     if not weighted:
         # As build_unweighted_fed_avg does: the process API is weighted, the weights are ignored.
         aggregation_factory = tff.aggregators.as_weighted_aggregator(aggregation_factory)
-    aggregator = aggregation_factory.create(weights_type.trainable, tff.TensorType(np.float32))
+    # SecureSumFactory builds tf.debugging asserts whose unused-op warnings TF logs as ERROR
+    # ("Object was never used"): harmless, silenced while the aggregator is traced.
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.CRITICAL)
+    try:
+        aggregator = aggregation_factory.create(weights_type.trainable, tff.TensorType(np.float32))
+    finally:
+        tf_logger.setLevel(level)
     finalizer = tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type)
     process = tff.learning.templates.compose_learning_process(init_fn, distributor, client_work, aggregator, finalizer)
     return process, aggregator, finalizer, weights_type
@@ -392,7 +400,16 @@ class FederatedTrainer:
         # --- aggregation over all participants (DP / secure sum inside the TFF aggregator) ---
         updates = [tf.nest.pack_sequence_as(weights.trainable, c.update) for c in clients.values()]
         # The aggregator API is weighted; unweighted (DP) factories are wrapped and ignore weights.
-        agg_out = alg.aggregator.next(state.aggregator, updates, [np.float32(c.weight) for c in clients.values()])
+        weights_k = [float(c.weight) for c in clients.values()]
+        if alg.secure_sum and alg.weighted and sum(weights_k) > 0:
+            # The weighted mean is invariant to scaling the weights. Through SecureSum the
+            # weighted values n_k * update must fit the secure-sum range (TFF starts it at +-50 and
+            # clips per coordinate until its quantile estimate has grown), so the public weights
+            # (the ledger records n_k) are normalised to n_k / n first: the values stay within the
+            # range from round 1 and the 32-bit quantisation step is ~2e-8.
+            total = sum(weights_k)
+            weights_k = [w / total for w in weights_k]
+        agg_out = alg.aggregator.next(state.aggregator, updates, [np.float32(w) for w in weights_k])
         aggregate = _np_list(agg_out.result)
 
         secure_err = None

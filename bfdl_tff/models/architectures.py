@@ -27,6 +27,7 @@ omit the decoder entirely (it would receive no gradient), i.e. they become encod
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -135,17 +136,27 @@ def build_small_cnn(cfg: "ModelConfig") -> "tf.keras.Model":
 # --------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=8)
+def _resnet50_config_json(size: int, channels: int) -> str:
+    """keras' ResNet-50 (no top, random init) as a config, built once in a throwaway graph.
+
+    Building it in a separate ``tf.Graph`` keeps its variables out of the caller's context
+    (e.g. the graph TFF traces ``model_fn`` in) and out of memory; the model itself is then
+    rebuilt from the config, with fresh variables, on every call.
+    """
+    tf = _tf()
+    with tf.Graph().as_default():
+        base = tf.keras.applications.ResNet50(include_top=False, weights=None, input_shape=(size, size, channels))
+        config = base.get_config()
+    return json.dumps(config)
+
+
 def resnet50_backbone(cfg: "ModelConfig") -> "tf.keras.Model":
     """``keras.applications.ResNet50(weights=None, include_top=False)`` with the chosen norm."""
     tf = _tf()
-    base = tf.keras.applications.ResNet50(
-        include_top=False, weights=None, input_shape=(cfg.input_size, cfg.input_size, cfg.channels)
-    )
-    if cfg.norm == "batch":
-        return base
-    config = base.get_config()
+    config = json.loads(_resnet50_config_json(cfg.input_size, cfg.channels))
     for layer in config["layers"]:
-        if layer["class_name"] != "BatchNormalization":
+        if layer["class_name"] != "BatchNormalization" or cfg.norm == "batch":
             continue
         name = layer["config"]["name"]
         if cfg.norm == "group":
@@ -162,7 +173,6 @@ def resnet50_backbone(cfg: "ModelConfig") -> "tf.keras.Model":
         else:
             layer["class_name"] = "Identity"
             layer["config"] = {"name": name, "trainable": True, "dtype": "float32"}
-    del base
     return tf.keras.Model.from_config(config)
 
 

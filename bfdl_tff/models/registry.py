@@ -144,9 +144,12 @@ class ModelConfig:
 
 
 def list_models() -> list[str]:
-    """Names of the configs under ``configs/models/`` (sorted)."""
+    """Names of the YAML configs under ``configs/models/`` (sorted; ``_*`` files are skipped).
+
+    JSON files there are not listed (they may be serialised Keras models referenced by a
+    ``keras_config`` entry); a JSON *model config* is loaded by its path.
+    """
     names = {p.stem for p in MODELS_DIR.glob("*.yaml")} | {p.stem for p in MODELS_DIR.glob("*.yml")}
-    names |= {p.stem for p in MODELS_DIR.glob("*.json") if not p.stem.endswith(".keras")}
     return sorted(n for n in names if not n.startswith("_"))
 
 
@@ -157,7 +160,7 @@ def resolve_model_config(name_or_path: str | Path) -> Path:
         if not p.is_file():
             raise ConfigError(str(p), "", "model config file not found")
         return p
-    for ext in (".yaml", ".yml", ".json"):
+    for ext in (".yaml", ".yml"):
         cand = MODELS_DIR / f"{name_or_path}{ext}"
         if cand.is_file():
             return cand

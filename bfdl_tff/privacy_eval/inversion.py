@@ -35,7 +35,8 @@ Targets (:func:`observed_update`):
 * ``secure_sum``: the sum of the updates of all hospitals (3 in the paper), which is all a
   B-FDL aggregator sees under secure aggregation. The attacker reconstructs ``hospitals * n``
   images jointly; every contributing image counts as a target (any reconstructed patient image
-  is a leak, even if it cannot be attributed to a hospital).
+  is a leak, even if it cannot be attributed to a hospital). The sum is built without DP noise
+  even for B-FDL runs (the attacker's best case); ``dp_update`` measures the DP effect.
 * ``dp_update``: one hospital's update under the run's DP mechanism: ``sample`` level (DP-SGD:
   per-example clipping to ``l2_clip`` and Gaussian noise ``N(0, (z * l2_clip)^2)`` on the sum of
   each step, then divided by the batch size) or ``client`` level (the whole update clipped to

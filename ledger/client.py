@@ -83,10 +83,18 @@ class ReplyCollector:
         except M.MessageDecodeError:
             self.rejected += 1
             return
-        if not isinstance(env.body, M.Reply) or not self.keys.verify_envelope(env):
+        if not isinstance(env.body, M.Reply):
             self.rejected += 1
             return
         r = env.body
+        got = self.replies.get(r.seq)
+        if got is not None and env.sender in got:
+            return  # duplicate
+        if got is not None and len(got) > self.f and self.certified(r.seq) is not None:
+            return  # already certified by f+1 replicas: no need to check further signatures
+        if not self.keys.verify_envelope(env):
+            self.rejected += 1
+            return
         self.replies.setdefault(r.seq, {})[env.sender] = (r.block_hash, r.tx_root, r.results_digest)
 
     def certified(self, seq: int) -> Optional[tuple[bytes, bytes, bytes]]:

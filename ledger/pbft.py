@@ -56,7 +56,7 @@ the backups' clocks.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Protocol
 
 from ledger import messages as M

@@ -175,7 +175,10 @@ def _c3(ctx: _Ctx) -> list[str]:
     dev = ["the paper does not define its 'inversion attack rate'; here: share of reconstructions passing the "
            "privacy area's success criterion (attacks/inversion.json 'setting'), on the update the server sees",
            "centralized training has no update channel (CLAIMS note 5); membership-inference TPR at FPR = 1 % on the "
-           "released model is the measure common to all arms"]
+           "released model is the measure common to all arms",
+           "a measured 0 % is a lower bound on leakage at this attack budget (docs/privacy.md: the small CNN is "
+           "not inverted even from one-image updates on CPU), not a proof of privacy; the DP arm's epsilon caps "
+           "membership TPR by the bound in fig3/membership.json"]
     if notes:
         dev.append("; ".join(notes))
     return ["C3", "privacy leakage ('inversion attack rate') 9.8% / 6.5% / 1.7%",
@@ -219,7 +222,9 @@ def _c4(ctx: _Ctx) -> list[str]:
             f"ledger processing per transaction {hook}; {bt}. {conv}",
             "this repo's ledger is an in-process PBFT emulation (CLAIMS note 3), not Hyperledger Fabric over a "
             "network; processing = hashing, off-chain storage, signing and PBFT commit of a round's transactions, "
-            "on a background thread, so training only waits for the enqueue (and for the drain at the end)",
+            "on a background thread, so training only waits for the enqueue (and for the drain at the end); "
+            "wall times come from a shared machine whose load varies between runs, so the hook's share of the "
+            "round time is the load-independent measure",
             ctx.src(srcs)]
 
 
@@ -341,8 +346,9 @@ def _c10(ctx: _Ctx) -> list[str]:
             f" ({'sub-linear' if f['overhead_loglog_slope'] < 1 else 'not sub-linear'})")
          + ("" if f["sync_r2"] is not None else " (fits need >= 3 node counts)"))
     return ["C10", "3-10 nodes: sync time linear, ledger overhead sub-linear, end-to-end +27% at 10 nodes", t,
-            "simulated hospitals in one process share 2 CPU cores, so 'sync time' is dominated by sequential local "
-            "training; one seed per K, short runs (see results/scalability.csv)", ctx.src(srcs)]
+            "simulated hospitals in one process share the CPU, so 'sync time' is dominated by sequential local "
+            "training and grows with the number of hospitals' updates; one seed per K, short runs, on a machine "
+            "whose load varies (see results/scalability.csv)", ctx.src(srcs)]
 
 
 def _c11(ctx: _Ctx) -> list[str]:

@@ -177,8 +177,11 @@ def compute(runs_root: Path) -> list[Cell]:
                               "no update channel in centralized training (CLAIMS note 5)"))
         else:
             m, target, n, k = inversion_for_arm(runs, arm)
-            note = (f"target {target}, {int(round(k))}/{n} reconstructions pooled over its attacked settings"
-                    if target else "")
+            note = ""
+            if target and n:
+                lo, hi = R.wilson_interval(k, n)
+                note = (f"target {target}, {int(round(k))}/{n} reconstructions pooled over its attacked settings "
+                        f"(95% Wilson CI {lo * 100:.1f}-{hi * 100:.1f}%)")
             cells.append(Cell("inversion_rate", arm, PAPER["inversion_rate"][arm], m, note))
     for arm in ARMS:
         m, which = membership_tpr(arms.get(arm, []))

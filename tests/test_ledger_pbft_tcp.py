@@ -9,8 +9,6 @@ always killed in a ``finally``.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time

@@ -83,7 +83,7 @@ def run_scenario(n, seed, faults, byz, steps):
     assert ok, f"not live: heights {c.heights()} views {[c.nodes[i].replica.view for i in range(n)]}"
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
+@settings(max_examples=50, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(scenarios())
 def test_random_schedules_default(sc):

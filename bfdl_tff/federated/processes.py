@@ -40,7 +40,6 @@ our models use GroupNorm / no BN; a BN model's inference-mode accuracy is degrad
 
 from __future__ import annotations
 
-import collections
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence

@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bfdl_tff.config import ExperimentConfig, to_dict
+from bfdl_tff.config import ExperimentConfig
 from bfdl_tff.errors import BfdlError, ConfigError, DataError
 from bfdl_tff.federated import accounting
 from bfdl_tff.federated.hooks import RoundContext, RoundHook, RunInfo
@@ -477,7 +477,7 @@ def _run(
     from tqdm import tqdm
 
     from bfdl_tff import tff_runtime
-    from bfdl_tff.federated import communication, evaluation, model_bridge
+    from bfdl_tff.federated import evaluation, model_bridge
 
     seeds = cfg.resolved_seeds()
     f = cfg.federated

@@ -218,7 +218,7 @@ class Replica:
         self.own_vc: Optional[bytes] = None
         self.own_vcs: dict[int, bytes] = {}
         self.exec_digests: dict[int, bytes] = {}  # digest executed at seq (above the stable checkpoint)  # our VIEW-CHANGE per view (recent), for lagging peers
-        self.nv_helped: set[tuple[int, int]] = set()
+        self.nv_helped: dict[tuple[int, int], int] = {}  # (peer, view) -> last time helped
         self.now = 0
 
     # -- helpers -----------------------------------------------------------------------------
@@ -285,11 +285,19 @@ class Replica:
         """A peer speaks in an older view: send it the NEW-VIEW that justifies ours (once per view)."""
         if self.last_new_view is None:
             return
-        key = (peer, self.last_new_view[0])
-        if key in self.nv_helped:
+        if not self._may_help((peer, self.last_new_view[0])):
             return
-        self.nv_helped.add(key)
         out.append(Send(peer, self.last_new_view[1]))
+
+    def _may_help(self, key: tuple[int, int]) -> bool:
+        """Rate limit for help sent to a lagging peer: at most once per half view timeout."""
+        last = self.nv_helped.get(key)
+        if last is not None and self.now - last < self.cfg.view_timeout_ms // 2:
+            return False
+        if len(self.nv_helped) > 10_000:
+            self.nv_helped.clear()
+        self.nv_helped[key] = self.now
+        return True
 
     def on_timer(self, name: str, now_ms: int) -> list[Action]:
         self.now = now_ms
@@ -821,9 +829,7 @@ class Replica:
                 # The peer is still collecting VIEW-CHANGEs for a view we already left behind: ours
                 # may have been lost (or we restarted). Resend it, or a fresh one for that view (we
                 # accept nothing below our current view anyway, so it promises nothing new).
-                key = (env.sender, -vc.new_view - 1)
-                if key not in self.nv_helped and len(self.nv_helped) < 100_000:
-                    self.nv_helped.add(key)
+                if self._may_help((env.sender, -vc.new_view - 1)):
                     raw = self.own_vcs.get(vc.new_view) or self._make_view_change(vc.new_view)[1]
                     out.append(Send(env.sender, raw))
             return

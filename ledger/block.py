@@ -129,14 +129,22 @@ class Block:
     def body_dict(self) -> dict[str, Any]:
         return {
             "txs": [t.to_dict() for t in self.txs],
-            "results": [[bool(r.ok), str(r.code), str(r.message)] for r in self.results],
+            "results": self.body_dict_results(),
         }
 
     def encode_body(self) -> bytes:
-        return crypto.canonical_json(self.body_dict())
+        """``canonical_json(body_dict())``, assembled from each transaction's cached canonical
+        encoding instead of re-encoding every transaction (canonical JSON nests: the encoding of
+        an object is its sorted members' encodings joined with ``,``; keys "results" < "txs")."""
+        results = crypto.canonical_json(self.body_dict_results())
+        return b'{"results":' + results + b',"txs":[' + b",".join(t.encode() for t in self.txs) + b"]}"
+
+    def body_dict_results(self) -> list[list[Any]]:
+        return [[bool(r.ok), str(r.code), str(r.message)] for r in self.results]
 
     def encode(self) -> bytes:
-        return crypto.canonical_json({"header": self.header.to_dict(), "body": self.body_dict()})
+        # == canonical_json({"header": header.to_dict(), "body": body_dict()}); "body" < "header".
+        return b'{"body":' + self.encode_body() + b',"header":' + self.header.encode() + b"}"
 
     def inclusion_proof(self, index: int) -> list[bytes]:
         return merkle.inclusion_proof([t.tx_hash() for t in self.txs], index)

@@ -153,10 +153,31 @@ def sha256(b: bytes) -> bytes:
     return hashlib.sha256(b).digest()
 
 
+_LEAF_TYPES = frozenset({str, int, bool, type(None)})
+
+
 def _check(obj: Any, depth: int) -> None:
     if depth > 64:
         raise CanonicalEncodingError("nesting deeper than 64 levels")
     if obj is None or isinstance(obj, (bool, str, int)):
+        return
+    # Fast paths (same verdicts): exact-type leaves (str, int, bool, None) are accepted without a
+    # recursive call; anything else (floats, containers, subclasses) takes the general path below.
+    # Only below depth 64, so that a leaf nested too deep is still refused exactly as before.
+    t = type(obj) if depth < 64 else None
+    if t is dict:
+        leaf = _LEAF_TYPES
+        for k, v in obj.items():
+            if type(k) is not str and not isinstance(k, str):
+                raise CanonicalEncodingError(f"non-string key {k!r}")
+            if type(v) not in leaf:
+                _check(v, depth + 1)
+        return
+    if t is list or t is tuple:
+        leaf = _LEAF_TYPES
+        for v in obj:
+            if type(v) not in leaf:
+                _check(v, depth + 1)
         return
     if isinstance(obj, float):
         if not math.isfinite(obj):
@@ -183,6 +204,13 @@ def canonical_json(obj: Any) -> bytes:
     and non-JSON types (bytes must be hex-encoded by the caller).
     """
     _check(obj, 0)
+    return _canonical_dumps(obj)
+
+
+def _canonical_dumps(obj: Any) -> bytes:
+    """``canonical_json`` without the type walk, for objects a strict validator already checked
+    (JSON types only, ``str`` keys, finite floats, bounded nesting: ``tx.Transaction.from_dict``).
+    Same bytes as :func:`canonical_json` for every such object."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     try:
         return text.encode("utf-8")

@@ -112,6 +112,8 @@ def _results_digest(results: list[TxResult]) -> bytes:
 class LedgerApp:
     """Blocks + contracts behind a PBFT replica (implements :class:`ledger.pbft.App`)."""
 
+    RECENT_BLOCKS = 64
+
     def __init__(self, genesis: Genesis, chain: Any, *, checkpoint_interval: int = 10, keep_snapshots: int = 3) -> None:
         self.genesis = genesis
         self.chain = chain
@@ -120,6 +122,8 @@ class LedgerApp:
         self.contracts = ContractState(genesis)
         self.tx_loc: dict[bytes, tuple[int, int]] = {}
         self.decoded: dict[bytes, Transaction] = {}
+        self.authenticated: set[bytes] = set()  # hashes of transactions whose signature checked out
+        self.recent: dict[int, Block] = {}  # the last executed/installed blocks (receipts read them)
         self.snapshots: dict[int, bytes] = {}
         self.hashes: dict[int, bytes] = {}
         self.verify_count = 0
@@ -146,6 +150,13 @@ class LedgerApp:
     # -- pbft.App ------------------------------------------------------------------------------
 
     def check_tx(self, raw: bytes) -> Optional[bytes]:
+        # The verdict is a function of the bytes, and a transaction's hash is the SHA-256 of its
+        # (canonical) bytes, signature included: a hash this replica already authenticated needs
+        # no second decode/Ed25519 check (client retransmissions, replays of executed
+        # transactions, forwarded requests). Every replica still verifies every signature once.
+        h = M.sha256(raw)
+        if h in self.decoded or h in self.authenticated:
+            return h
         try:
             tx = Transaction.decode(raw)
         except TxDecodeError:
@@ -155,10 +166,12 @@ class LedgerApp:
         self.verify_count += 1
         if not tx.verify_signature():
             return None
-        h = tx.tx_hash()
         if len(self.decoded) > 500_000:
             self.decoded.clear()
+        if len(self.authenticated) > 500_000:
+            self.authenticated.clear()  # a cache: bounded even under floods of valid transactions
         self.decoded[h] = tx
+        self.authenticated.add(h)
         return h
 
     def tx_root(self, tx_hashes: list[bytes]) -> bytes:
@@ -188,12 +201,19 @@ class LedgerApp:
         block = Block(header, tuple(txs), tuple(results))
         self.chain.append(block)
         self.head = block
+        self._remember(block)
         self.hashes[seq] = header.hash()
         for i, t in enumerate(txs):
             self.tx_loc.setdefault(t.tx_hash(), (seq, i))
         if seq % self.K == 0:
             self._keep_snapshot(seq)
         return pbft.ExecResult(header.hash(), header.state_root, _results_digest(results))
+
+    def _remember(self, block: Block) -> None:
+        self.recent[block.height] = block
+        if len(self.recent) > self.RECENT_BLOCKS:
+            for h in sorted(self.recent)[: -self.RECENT_BLOCKS]:
+                del self.recent[h]
 
     def _keep_snapshot(self, seq: int) -> None:
         self.snapshots[seq] = self.contracts.snapshot()
@@ -233,6 +253,7 @@ class LedgerApp:
             return False
         for b in blocks:
             self.chain.append(b)
+            self._remember(b)
             self.hashes[b.height] = b.hash()
             for i, t in enumerate(b.txs):
                 self.tx_loc.setdefault(t.tx_hash(), (b.height, i))
@@ -244,7 +265,10 @@ class LedgerApp:
     # -- reads ---------------------------------------------------------------------------------
 
     def block(self, height: int) -> Block:
-        return self.chain.get(height)
+        """Block at ``height``: recent blocks from memory (the objects that were stored), older
+        ones read back from the chain."""
+        b = self.recent.get(height)
+        return b if b is not None else self.chain.get(height)
 
     def block_hash(self, height: int) -> Optional[bytes]:
         return self.hashes.get(height)

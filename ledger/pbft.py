@@ -219,6 +219,7 @@ class Replica:
         self.own_vcs: dict[int, bytes] = {}
         self.exec_digests: dict[int, bytes] = {}  # digest executed at seq (above the stable checkpoint)  # our VIEW-CHANGE per view (recent), for lagging peers
         self.nv_helped: dict[tuple[int, int], int] = {}  # (peer, view) -> last time helped
+        self._proposing = False  # re-entrancy guard of _try_propose (n = 1 executes while proposing)
         self.now = 0
 
     # -- helpers -----------------------------------------------------------------------------
@@ -404,6 +405,18 @@ class Replica:
     def _try_propose(self, out: list[Action]) -> None:
         if not (self.active and self.is_primary):
             return
+        if self._proposing:
+            # Re-entered from the execution of a batch we are proposing (n = 1: f = 0, so our own
+            # PRE-PREPARE prepares, commits and executes synchronously inside ``_propose``). The
+            # outer loop below re-reads next_seq/last_exec/pending after ``_propose`` returns.
+            return
+        self._proposing = True
+        try:
+            self._propose_loop(out)
+        finally:
+            self._proposing = False
+
+    def _propose_loop(self, out: list[Action]) -> None:
         while True:
             if self.next_seq <= self.last_exec:
                 self.next_seq = self.last_exec + 1
@@ -422,8 +435,12 @@ class Replica:
             if not txs:
                 return
             self.proposed.update(hashes)
-            self._propose(self.next_seq, M.Batch(self.now, self.view, tuple(txs)), hashes, out)
-            self.next_seq += 1
+            # Claim the sequence number before proposing: with n = 1 the batch executes inside
+            # ``_propose``, and advancing next_seq afterwards left a gap (seq + 2 proposed next,
+            # seq + 1 never: the single-replica ledger stopped after its first batch).
+            seq = self.next_seq
+            self.next_seq = seq + 1
+            self._propose(seq, M.Batch(self.now, self.view, tuple(txs)), hashes, out)
 
     def _propose(self, seq: int, batch: M.Batch, hashes: list[bytes], out: list[Action]) -> None:
         root = self.app.tx_root(hashes)

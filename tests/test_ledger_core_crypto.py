@@ -110,3 +110,20 @@ def test_ledger_core_does_not_import_tensorflow() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_canonical_json_nesting_limit_is_exact() -> None:
+    """The fast paths of the type walk keep the 64-level limit exactly (leaves included)."""
+    for leaf in ("x", 1, None, True, 1.5, [], {}):
+        for depth, ok in ((64, True), (65, False)):
+            obj: object = leaf
+            for i in range(depth):
+                obj = [obj] if i % 2 else {"k": obj}
+            if ok:
+                crypto.canonical_json(obj)
+            else:
+                with pytest.raises(crypto.CanonicalEncodingError):
+                    crypto.canonical_json(obj)
+    for bad in ([[["a", {"k": [1, math.nan]}]]], {"a": {"b": [{2: 1}]}}, ("x", [b"y"]), {"a": [1, {"b": {3}}]}):
+        with pytest.raises(crypto.CanonicalEncodingError):
+            crypto.canonical_json(bad)

@@ -306,6 +306,13 @@ def test_block_encoding_roundtrip() -> None:
     blk = build_block(state, round_txs(1), height=1, prev_hash=genesis_block(GENESIS).hash(), timestamp_ms=9)
     again = Block.decode(blk.encode())
     assert again.hash() == blk.hash() and again.txs == blk.txs and again.results == blk.results
+    # Encodings assembled from the cached transaction bytes equal the canonical JSON of the dicts.
+    key = crypto.SigningKey.from_seed(bytes([5]) * 32)
+    odd = sign_tx(key, "metrics.record", {"round": 1, "metrics": {"é\u2028": [1.5, None, "ü"]}}, nonce="u")
+    mixed = Block(blk.header, (odd,) + blk.txs[:2], (TxResult(False, "bad_payload", "é ü"),) + blk.results[:2])
+    for b in (blk, again, genesis_block(GENESIS), mixed):
+        assert b.encode_body() == crypto.canonical_json(b.body_dict())
+        assert b.encode() == crypto.canonical_json({"header": b.header.to_dict(), "body": b.body_dict()})
     from ledger.block import BlockDecodeError
     for bad in (b"{}", b"nope", blk.encode().replace(b'"height":1', b'"height":-1')):
         with pytest.raises(BlockDecodeError):

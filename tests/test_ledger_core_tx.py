@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import crypto
-from ledger.tx import MAX_TX_BYTES, Transaction, TxDecodeError, sign_tx
+from ledger.tx import MAX_TX_BYTES, Transaction, TxDecodeError, sign_tx, signing_bytes
 
 KEY = crypto.SigningKey.from_seed(bytes([7]) * 32)
 OTHER = crypto.SigningKey.from_seed(bytes([8]) * 32)
@@ -177,6 +177,23 @@ def test_any_json_payload_roundtrips(payload) -> None:
     t = sign_tx(KEY, "metrics.record", payload, nonce="p")
     d = Transaction.decode(t.encode())
     assert d == t and d.verify_signature()
+    # The signed bytes derived from the cached canonical encoding are exactly the documented ones.
+    want = signing_bytes(t.chain_id, t.kind, t.sender, payload, "p")
+    assert d.signing_bytes() == t.signing_bytes() == want
+    assert d.encode() == t.encode() == crypto.canonical_json(t.to_dict())
+
+
+def test_signing_bytes_from_encoding_match_the_definition() -> None:
+    for t in (_tx(), _tx(chain_id="other-chain.1"), _tx(payload={"é": ["\u2028", 1.5, None]}, nonce="x" * 128)):
+        d = Transaction.decode(t.encode())
+        for x in (t, d):
+            assert x.signing_bytes() == signing_bytes(x.chain_id, x.kind, x.sender, x.payload, x.nonce)
+            assert x.signing_bytes().startswith(b"bfdl-tx-v1\x00") and b'"sig"' not in x.signing_bytes()
+        assert d.verify_signature()
+    # A signature over other bytes (another nonce) fails even though the encodings share a prefix.
+    t = _tx(nonce="n-1")
+    forged = Transaction(t.kind, t.sender, t.payload, "n-2", t.signature, t.chain_id)
+    assert not Transaction.decode(forged.encode()).verify_signature()
 
 
 any_json = st.recursive(json_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),

@@ -9,6 +9,7 @@ from ledger.client import Receipt
 from ledger.cluster import LocalCluster
 from ledger.sim import SimCluster, Workload, check_only_registered, effective_tx_hashes
 from ledger.storage import StorageCorruptError
+from ledger.tx import Transaction
 
 
 def _normal(n, rounds, size, seed):
@@ -92,6 +93,62 @@ def test_local_cluster_receipts_query_heads_and_reopen(tmp_path):
         assert lc.heads() == heads
         r2 = lc.submit_many(w.round_txs(2, 5))
         assert all(r.ok for r in r2) and r2[0].height == heads[0][0] + 1
+
+
+@pytest.mark.parametrize("batch_size", [64, 3])
+def test_single_replica_cluster_commits_successive_batches(tmp_path, batch_size):
+    """n=1 (f=0): the primary prepares, commits and executes its own batch while proposing it.
+    Regression: the sequence number used to be advanced only after that synchronous execution,
+    leaving a gap, so only the first batch ever committed ("heights [1]")."""
+    w = Workload(3, 3)
+    with LocalCluster(1, data_dir=tmp_path / "ledger1", genesis=w.genesis, seed=3, batch_size=batch_size,
+                      checkpoint_interval=2) as lc:
+        heights = []
+        for r in range(1, 4):
+            rs = lc.submit_many(w.round_txs(r, 7))
+            assert len(rs) == 8 and all(x.ok and x.verify() for x in rs), [(x.code, x.message) for x in rs]
+            heights.extend(x.height for x in rs)
+        assert heights == sorted(heights)
+        top = heights[-1]
+        expected_blocks = 3 * -(-8 // batch_size)
+        assert top == expected_blocks, heights
+        assert lc.heads()[0][0] == top
+        assert lc.query("privacy")["records"] == 3
+        rep = lc.sim.nodes[0].replica
+        assert rep.last_exec == top and rep.next_seq == top + 1 and not rep.pending
+        # Checkpoints (every 2) become stable on the replica's own vote; the log is collected.
+        assert rep.h == top - top % 2 and all(rep.h < s <= top and sl.committed for s, sl in rep.log.items())
+    from ledger.verify import verify_chain
+
+    rep = verify_chain(tmp_path / "ledger1" / "replica_0.sqlite", genesis=w.genesis)
+    assert rep.ok, rep
+
+
+def test_replica_verifies_each_client_signature_once():
+    """check_tx caches its verdict by transaction hash: resubmissions (before or after execution)
+    are not re-verified, yet every replica verifies every signature itself once."""
+    from ledger import messages as M
+
+    w = Workload(8, 2)
+    c = SimCluster(4, genesis=w.genesis, seed=8, cfg=pbft.Config(n=4))
+    c.record_commits = False
+    txs = w.round_txs(1, 6)
+    hs = c.submit(txs)
+    assert c.run_until_committed(hs, max_ms=10_000)
+    c.net.run(until=lambda: len(set(c.heights())) == 1, max_ms=5_000)
+    assert [c.nodes[i].app.verify_count for i in range(4)] == [len(txs)] * 4
+    app = c.nodes[1].app
+    raw = txs[0].encode()
+    assert app.check_tx(raw) == M.sha256(raw) and app.verify_count == len(txs)
+    c.submit(txs[:3])  # a client retransmits committed transactions
+    c.net.run(max_ms=2_000)
+    assert [c.nodes[i].app.verify_count for i in range(4)] == [len(txs)] * 4
+    assert c.heights() == [c.heights()[0]] * 4  # nothing executed twice
+    # A different signature on the same body is a different transaction: verified (and refused).
+    forged = Transaction(txs[0].kind, txs[0].sender, txs[0].payload, txs[0].nonce, bytes(64), txs[0].chain_id)
+    assert app.check_tx(forged.encode()) is None and app.verify_count == len(txs) + 1
+    assert app.check_tx(forged.encode()) is None  # refusals are not cached as authenticated
+    assert app.check_tx(raw[:-1]) is None
 
 
 def test_flipped_byte_on_disk_is_detected(tmp_path):

@@ -13,6 +13,7 @@ Cross-field checks go in a ``check(self) -> list[tuple[str, str]]`` method retur
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -312,12 +313,16 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (or, for ``.json`` files, JSON) file whose top level is a mapping."""
     path = Path(path)
     source = str(path)
     if not path.is_file():
         raise ConfigError(source, "", "file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(source, f"line {e.lineno}", f"not valid JSON: {e.msg}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""

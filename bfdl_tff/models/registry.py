@@ -29,14 +29,12 @@ weights only (BatchNormalization moving statistics are never averaged).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 
-from bfdl_tff.config import CONFIG_DIR, from_dict
+from bfdl_tff.config import CONFIG_DIR, from_dict, load_yaml_mapping
 from bfdl_tff.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -171,34 +169,13 @@ def resolve_model_config(name_or_path: str | Path) -> Path:
     )
 
 
-def _read_mapping(path: Path) -> dict[str, Any]:
-    source = str(path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(source, f"line {e.lineno}", f"not valid JSON: {e.msg}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(source, where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(source, "", f"top level must be a mapping, got {type(data).__name__}")
-    return data
-
-
 def load_model_config(name_or_path: str | Path, **overrides: Any) -> ModelConfig:
     """Load a model config by registry name or path; ``overrides`` replace keys before validation.
 
     Example: ``load_model_config("resnet_unet_small", input_size=32, seg_loss_weight=0.5)``.
     """
     path = resolve_model_config(name_or_path)
-    data = _read_mapping(path)
+    data = load_yaml_mapping(path)
     if "source" in data:
         raise ConfigError(str(path), "source", "reserved key (set by the loader)")
     overrides.pop("source", None)

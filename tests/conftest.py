@@ -7,7 +7,10 @@ start servers (bao) must stop them; the guard checks those too.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -45,3 +48,40 @@ def tff_test_context():
 
     with tff_runtime.execution_context("test"):
         yield
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@contextlib.contextmanager
+def _running_bao(log_path: Path) -> Iterator[object]:
+    """An OpenBao dev server on a free loopback port, stopped (and checked gone) afterwards."""
+    from bfdl_tff.keys.devserver import BaoDevServer
+
+    srv = BaoDevServer(log_path)
+    srv.start()
+    pid = srv.proc.pid
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        assert _process_gone(pid), "bao dev server still running after the test"
+
+
+@pytest.fixture
+def bao(tmp_path):
+    """A bao dev server for one test."""
+    with _running_bao(tmp_path / "bao.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def bao_module(tmp_path_factory):
+    """A bao dev server shared by a module's tests."""
+    with _running_bao(tmp_path_factory.mktemp("bao") / "bao.log") as srv:
+        yield srv

@@ -4,7 +4,6 @@ errors and never a half-signed round."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from bfdl_tff.integration.audit import verify_run
 from bfdl_tff.integration.hook import LedgerHook, LedgerHookError
 from bfdl_tff.integration.simulate import run_info, run_synthetic, synthetic_rounds
 from bfdl_tff.keys import KeyAuthError, KeyBackendUnavailableError, KeyNotFoundError
-from bfdl_tff.keys.devserver import BaoDevServer, bao_binary
+from bfdl_tff.keys.devserver import bao_binary
 from bfdl_tff.keys.vault import VaultKeyStore
 
 pytestmark = [
@@ -22,26 +21,6 @@ pytestmark = [
 ]
 
 H = ["hospital_a", "hospital_b", "hospital_c"]
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-@pytest.fixture
-def bao(tmp_path):
-    srv = BaoDevServer(tmp_path / "bao.log")
-    srv.start()
-    pid = srv.proc.pid
-    try:
-        yield srv
-    finally:
-        srv.stop()
-        assert _gone(pid), "bao dev server still running after the test"
 
 
 def _hook(run: Path, store, **kw) -> LedgerHook:

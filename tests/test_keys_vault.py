@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -16,24 +15,10 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def bao(tmp_path_factory):
-    srv = BaoDevServer(tmp_path_factory.mktemp("bao") / "bao.log")
-    srv.start()
-    pid = srv.proc.pid
-    try:
-        yield srv
-    finally:
-        srv.stop()
-        assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), "bao dev server still running"
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] == "Z"
-    except FileNotFoundError:
-        return True
+@pytest.fixture
+def bao(bao_module):
+    """This module shares one server (conftest.bao_module)."""
+    return bao_module
 
 
 def test_vault_keys_sign_in_server_and_verify_locally(bao, monkeypatch):

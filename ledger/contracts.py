@@ -295,6 +295,16 @@ class ContractState:
             return _no("unauthorized", f"role {inst['role']} may not do this (needs {'/'.join(roles)})")
         return None
 
+    def _precheck(
+        self, tx: Transaction, roles: tuple[str, ...], required: set[str], optional: frozenset[str] = frozenset()
+    ) -> TxResult | None:
+        """The checks every contract call starts with: the sender's role, then the payload's fields."""
+        err = self._auth(tx.sender, roles)
+        if err:
+            return err
+        msg = _fields(tx.payload, required, optional)
+        return _no("bad_payload", msg) if msg else None
+
     def _active_admins(self) -> list[str]:
         return sorted(k for k, v in self._s["institutions"].items() if v["active"] and v["role"] == "admin")
 
@@ -317,13 +327,10 @@ class ContractState:
 
     # ---- registry -----------------------------------------------------------------------------
     def _register(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._auth(tx.sender, ("admin",))
+        err = self._precheck(tx, ("admin",), {"role", "name", "pubkey"})
         if err:
             return err
         p = tx.payload
-        msg = _fields(p, {"role", "name", "pubkey"})
-        if msg:
-            return _no("bad_payload", msg)
         if p["role"] not in ROLES:
             return _no("bad_payload", f"role must be one of {ROLES}")
         if not _is_str(p["name"]):
@@ -348,13 +355,10 @@ class ContractState:
         return _ok("registered", f"{p['role']} {p['name']}")
 
     def _revoke(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._auth(tx.sender, ("admin",))
+        err = self._precheck(tx, ("admin",), {"pubkey"})
         if err:
             return err
         p = tx.payload
-        msg = _fields(p, {"pubkey"})
-        if msg:
-            return _no("bad_payload", msg)
         if not crypto.is_hex(p["pubkey"], 32):
             return _no("bad_payload", "pubkey must be 64 lowercase hex characters")
         cur = self._s["institutions"].get(p["pubkey"])
@@ -381,13 +385,10 @@ class ContractState:
         return self._s["rounds"][str(r)], None
 
     def _round_open(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._auth(tx.sender, ("aggregator", "admin"))
+        err = self._precheck(tx, ("aggregator", "admin"), {"round"})
         if err:
             return err
         p = tx.payload
-        msg = _fields(p, {"round"})
-        if msg:
-            return _no("bad_payload", msg)
         r = p["round"]
         if not _is_int(r, 1, MAX_ROUND):
             return _no("bad_payload", "round must be an integer >= 1")
@@ -406,13 +407,10 @@ class ContractState:
         return _ok("opened", f"round {r}")
 
     def _commit_update(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._auth(tx.sender, ("hospital",))
+        err = self._precheck(tx, ("hospital",), {"round", "commitment", "num_examples"}, frozenset({"salt_hash"}))
         if err:
             return err
         p = tx.payload
-        msg = _fields(p, {"round", "commitment", "num_examples"}, frozenset({"salt_hash"}))
-        if msg:
-            return _no("bad_payload", msg)
         if not crypto.is_hex(p["commitment"], 32):
             return _no("bad_payload", "commitment must be 64 lowercase hex characters")
         if not _is_int(p["num_examples"], 0, 2**40):
@@ -441,13 +439,10 @@ class ContractState:
         return _ok("accepted", f"commitment for round {p['round']}")
 
     def _global_model(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._auth(tx.sender, ("aggregator", "admin"))
+        err = self._precheck(tx, ("aggregator", "admin"), {"round", "model_hash"}, frozenset({"checkpoint_address", "checkpoint_sha256"}))
         if err:
             return err
         p = tx.payload
-        msg = _fields(p, {"round", "model_hash"}, frozenset({"checkpoint_address", "checkpoint_sha256"}))
-        if msg:
-            return _no("bad_payload", msg)
         for k in ("model_hash", "checkpoint_address", "checkpoint_sha256"):
             if k in p and not crypto.is_hex(p[k], 32):
                 return _no("bad_payload", f"{k} must be 64 lowercase hex characters")
@@ -462,13 +457,10 @@ class ContractState:
         return _ok("recorded", f"global model of round {p['round']}")
 
     def _privacy_record(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._auth(tx.sender, ("aggregator", "admin"))
+        err = self._precheck(tx, ("aggregator", "admin"), {"round", "epsilon", "delta", "accountant", "noise_multiplier"})
         if err:
             return err
         p = tx.payload
-        msg = _fields(p, {"round", "epsilon", "delta", "accountant", "noise_multiplier"})
-        if msg:
-            return _no("bad_payload", msg)
         if not _is_num(p["epsilon"]) or p["epsilon"] < 0:
             return _no("bad_payload", "epsilon must be a finite number >= 0")
         if not _is_num(p["delta"]) or not 0 <= p["delta"] < 1:
@@ -498,13 +490,10 @@ class ContractState:
         return _ok("recorded", f"epsilon {eps} after round {p['round']}")
 
     def _metrics_record(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._auth(tx.sender, ("aggregator", "admin"))
+        err = self._precheck(tx, ("aggregator", "admin"), {"round", "metrics"})
         if err:
             return err
         p = tx.payload
-        msg = _fields(p, {"round", "metrics"})
-        if msg:
-            return _no("bad_payload", msg)
         m = p["metrics"]
         if not isinstance(m, dict) or len(m) > 128:
             return _no("bad_payload", "metrics must be an object of at most 128 entries")
@@ -521,13 +510,10 @@ class ContractState:
         return _ok("recorded", f"metrics of round {p['round']}")
 
     def _round_close(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._auth(tx.sender, ("aggregator", "admin"))
+        err = self._precheck(tx, ("aggregator", "admin"), {"round"})
         if err:
             return err
         p = tx.payload
-        msg = _fields(p, {"round"})
-        if msg:
-            return _no("bad_payload", msg)
         rnd, err = self._open_round_of(p)
         if err:
             return err
@@ -545,13 +531,10 @@ class ContractState:
         return _ok("closed", f"round {p['round']} with {len(rnd['commitments'])} commitments")
 
     def _access_request(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._auth(tx.sender, ("hospital",))
+        err = self._precheck(tx, ("hospital",), {"round"})
         if err:
             return err
         p = tx.payload
-        msg = _fields(p, {"round"})
-        if msg:
-            return _no("bad_payload", msg)
         r = p["round"]
         if not _is_int(r, 1, MAX_ROUND):
             return _no("bad_payload", "round must be an integer >= 1")

@@ -132,7 +132,7 @@ PROFILES: dict[str, Profile] = {
         attack={"inversion": {"n_updates": 2, "batch_sizes": [1], "local_steps": [1], "iterations": 150,
                               "restarts": 1},
                 "membership": {"n_shadows": 2, "max_per_class": 200, "shadow_epochs": 5}},
-        bench={"transactions": 1000}, budget_rounds=[10, 50],
+        bench={"transactions": 2000, "sweep": True}, budget_rounds=[10, 50],
     ),
     "paper": Profile(
         name="paper",
@@ -152,7 +152,7 @@ PROFILES: dict[str, Profile] = {
         attack={"inversion": {"n_updates": 8, "batch_sizes": [1, 4, 16], "local_steps": [1, 4], "iterations": 1000,
                               "restarts": 4},
                 "membership": {"n_shadows": 8, "max_per_class": 1000}},
-        bench={"transactions": 5000}, budget_rounds=[50, 100],
+        bench={"transactions": 5000, "sweep": True}, budget_rounds=[50, 100],
     ),
 }
 

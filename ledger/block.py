@@ -75,10 +75,19 @@ class BlockHeader:
         }
 
     def encode(self) -> bytes:
-        return crypto.canonical_json(self.to_dict())
+        # A frozen header has one encoding: computed once (hash(), storage, replies all use it).
+        enc = self.__dict__.get("_enc")
+        if enc is None:
+            enc = crypto.canonical_json(self.to_dict())
+            object.__setattr__(self, "_enc", enc)
+        return enc
 
     def hash(self) -> bytes:
-        return crypto.sha256(HEADER_DOMAIN + self.encode())
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = crypto.sha256(HEADER_DOMAIN + self.encode())
+            object.__setattr__(self, "_hash", h)
+        return h
 
     @classmethod
     def from_dict(cls, obj: Any) -> "BlockHeader":

@@ -8,8 +8,10 @@ the deterministic in-process network of :mod:`ledger.sim` with faults off. Calls
 ``submit_many`` broadcasts the transactions, drives the network until every transaction is in a
 block certified by f+1 matching replies, and returns one :class:`ledger.client.Receipt` each.
 
-``transport="tcp"`` starts the replicas as separate ``bfdl ledger node`` processes on loopback
-ports instead (:mod:`ledger.tcp`).
+``transport="threads"`` runs each replica in its own thread of this process on a real clock
+(:mod:`ledger.threadnet`: signature checks and fsyncs of different replicas overlap on the
+machine's cores); ``transport="tcp"`` starts the replicas as separate ``bfdl ledger node``
+processes on loopback ports (:mod:`ledger.tcp`).
 
 Replica keys are derived from ``seed`` (reopening ``data_dir`` with the same seed resumes the same
 chain; every replica re-checks its database on open and refuses a corrupted one).
@@ -50,8 +52,8 @@ class LocalCluster:
                  sync: str = "FULL", max_inflight: int = 2, timeout_ms: float = 60_000.0) -> None:
         if n < 1:
             raise LedgerError(f"a ledger needs at least one replica (got {n})")
-        if transport not in ("inproc", "tcp"):
-            raise LedgerError(f"unknown ledger transport {transport!r} (inproc or tcp)")
+        if transport not in ("inproc", "threads", "tcp"):
+            raise LedgerError(f"unknown ledger transport {transport!r} (inproc, threads or tcp)")
         self.n = n
         self.genesis = genesis
         self.transport = transport
@@ -79,6 +81,11 @@ class LocalCluster:
         try:
             for i in range(n):
                 chains.append(chain(i))
+            if transport == "threads":
+                from ledger.threadnet import ThreadCluster
+
+                self._impl = ThreadCluster(n, genesis=genesis, seed=seed, cfg=self.cfg, chains=chains)
+                return
             self._impl = SimCluster(n, genesis=genesis, seed=seed, cfg=self.cfg, chains=chains)
         except BaseException:
             for c in chains:
@@ -106,7 +113,7 @@ class LocalCluster:
         txs = list(txs)
         if not txs:
             return []
-        if self.transport == "tcp":
+        if self.transport in ("tcp", "threads"):
             return self._impl.submit_many(txs, timeout_s=self.timeout_ms / 1000.0)
         sim: SimCluster = self._impl
         hashes = sim.submit(txs)
@@ -139,13 +146,18 @@ class LocalCluster:
         self._check_open()
         if self.transport == "tcp":
             return self._impl.query(path)
-        sim: SimCluster = self._impl
-        sim.net.run(until=lambda: len(set(sim.heights())) == 1, max_ms=self.timeout_ms)
         import json
 
+        sim: Any = self._impl
+        if self.transport == "threads":
+            sim.wait_until(lambda: len(set(sim.heights())) == 1, self.timeout_ms / 1000.0)
+            honest = list(range(self.n))
+        else:
+            sim.net.run(until=lambda: len(set(sim.heights())) == 1, max_ms=self.timeout_ms)
+            honest = sim.honest()
         votes: dict[str, int] = {}
         values: dict[str, Any] = {}
-        for i in sim.honest():
+        for i in honest:
             node = sim.nodes[i]
             if node is None or not node.alive:
                 continue
@@ -160,8 +172,8 @@ class LocalCluster:
     @_locked
     def heads(self) -> list[tuple[int, str]]:
         self._check_open()
-        if self.transport == "tcp":
-            return self._impl.heads()
+        if self.transport == "threads":
+            self._impl.wait_until(lambda: len(set(self._impl.heights())) == 1, self.timeout_ms / 1000.0)
         return self._impl.heads()
 
     def bytes_on_chain(self) -> int:
@@ -185,7 +197,7 @@ class LocalCluster:
         if self._closed:
             return
         self._closed = True
-        if self.transport == "tcp":
+        if self.transport in ("tcp", "threads"):
             self._impl.close()
             return
         for c in self._impl.chains:

@@ -59,7 +59,9 @@ state root also commits to every result, including rejections.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
+import marshal
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
@@ -70,7 +72,8 @@ from .tx import DEFAULT_CHAIN_ID, Transaction
 __all__ = ["ContractState", "Genesis", "ROLES", "TxResult", "KINDS"]
 
 ROLES = ("hospital", "aggregator", "auditor", "admin")
-STATE_DOMAIN = b"bfdl-state-v1\x00"
+STATE_DOMAIN = b"bfdl-state-v2\x00"
+ROUNDS_DOMAIN = b"bfdl-rounds-v1\x00"
 SNAPSHOT_VERSION = 1
 MAX_ROUND = 2**31
 
@@ -222,6 +225,10 @@ class ContractState:
         self._seen_acc = bytes(32)
         self._results_acc = bytes(32)
         self._root: bytes | None = None
+        # Incremental state root: one cached hash per round, recomputed only for rounds a
+        # transaction touched (every handler that mutates a round finds it through
+        # payload["round"]; apply() marks that round dirty).
+        self._round_hashes: dict[str, bytes] = {}
         self._handlers: dict[str, Callable[[Transaction, int, int], TxResult]] = {
             "registry.register": self._register,
             "registry.revoke": self._revoke,
@@ -247,6 +254,9 @@ class ContractState:
             res = self._apply(tx, height, timestamp_ms, check_signature)
         except Exception as exc:  # pragma: no cover - a handler bug must not fork replicas silently
             res = _no("internal_error", f"{type(exc).__name__}")
+        payload = getattr(tx, "payload", None)
+        if isinstance(payload, dict) and "round" in payload:
+            self._round_hashes.pop(str(payload["round"]), None)
         c = self._s["counters"]
         c["executed"] += 1
         if not res.ok:
@@ -547,11 +557,37 @@ class ContractState:
 
     # ---- read side ----------------------------------------------------------------------------
     def state_root(self) -> bytes:
+        """``SHA-256(STATE_DOMAIN || canonical_json(state without rounds) || rounds_root ||
+        seen_acc || results_acc)`` with ``rounds_root = SHA-256(ROUNDS_DOMAIN || for each round in
+        numeric order: round (u64) || SHA-256(canonical_json(round)))``.  Per-round hashes are
+        cached and recomputed only for rounds touched since, so the per-block cost does not grow
+        with the number of rounds on the chain (:meth:`full_state_root` recomputes everything;
+        tests compare the two)."""
         if self._root is None:
-            self._root = crypto.sha256(
-                STATE_DOMAIN + crypto.canonical_json(self._s) + self._seen_acc + self._results_acc
-            )
+            self._root = self._compute_root(self._round_hashes)
         return self._root
+
+    def full_state_root(self) -> bytes:
+        """The state root recomputed from scratch (no cached round hashes) with the strict
+        encoder (``crypto.canonical_json``, which also walks and type-checks the whole state)."""
+        return self._compute_root({}, crypto.canonical_json)
+
+    def _compute_root(self, cache: dict[str, bytes], encode: Callable[[Any], bytes] | None = None) -> bytes:
+        # The incremental path encodes with the C encoder and no type walk: the state holds only
+        # what the handlers put there (str keys, JSON types, finite numbers checked on input);
+        # tests compare it with full_state_root() after every block of random workloads.
+        enc = encode or crypto._canonical_dumps
+        rounds = self._s["rounds"]
+        rest = {k: v for k, v in self._s.items() if k != "rounds"}
+        parts = [ROUNDS_DOMAIN]
+        for r in sorted(rounds, key=int):
+            h = cache.get(r)
+            if h is None:
+                h = crypto.sha256(enc(rounds[r]))
+                cache[r] = h
+            parts.append(int(r).to_bytes(8, "big") + h)
+        rounds_root = crypto.sha256(b"".join(parts))
+        return crypto.sha256(STATE_DOMAIN + enc(rest) + rounds_root + self._seen_acc + self._results_acc)
 
     def is_registered(self, pubkey: str, role: str | None = None) -> bool:
         inst = self._s["institutions"].get(pubkey)
@@ -609,14 +645,16 @@ class ContractState:
 
     # ---- state transfer -----------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        return crypto.canonical_json({
-            "v": SNAPSHOT_VERSION,
-            "genesis": self.genesis.to_dict(),
-            "state": self._s,
-            "seen": [[k, h] for k, h in self._seen.items()],
-            "seen_acc": self._seen_acc.hex(),
-            "results_acc": self._results_acc.hex(),
-        })
+        return self.checkpoint().to_bytes()
+
+    def checkpoint(self) -> "StateCheckpoint":
+        """A cheap frozen copy of the state (for the PBFT checkpoint every K blocks): the
+        contract state is copied with ``marshal`` (JSON types only) and the nonce list is kept as
+        a prefix length of the insertion-ordered, append-only nonce dict; the canonical snapshot
+        bytes are produced only if a lagging replica asks for them (:meth:`StateCheckpoint.to_bytes`,
+        identical to what :meth:`snapshot` returned at that moment)."""
+        return StateCheckpoint(self.genesis.to_dict(), marshal.loads(marshal.dumps(self._s)), self._seen,
+                               len(self._seen), self._seen_acc, self._results_acc)
 
     def restore(self, data: bytes) -> None:
         """Replace this state with a snapshot (state transfer).  Raises ``ValueError`` if the
@@ -647,10 +685,11 @@ class ContractState:
         except Exception as exc:
             raise ValueError(f"malformed snapshot: {type(exc).__name__}: {exc}") from None
         self._s = state
-        self._seen = seen
+        self._seen = seen  # a new dict: checkpoints holding the old one stay valid
         self._seen_acc = acc
         self._results_acc = results_acc
         self._root = None
+        self._round_hashes = {}
 
     @classmethod
     def from_snapshot(cls, genesis: Genesis, data: bytes) -> "ContractState":
@@ -660,6 +699,31 @@ class ContractState:
 
     def copy(self) -> "ContractState":
         return ContractState.from_snapshot(self.genesis, self.snapshot())
+
+
+class StateCheckpoint:
+    """A frozen contract state (see :meth:`ContractState.checkpoint`)."""
+
+    __slots__ = ("genesis", "state", "seen", "seen_len", "seen_acc", "results_acc", "_bytes")
+
+    def __init__(self, genesis: dict, state: dict, seen: dict[str, int], seen_len: int, seen_acc: bytes,
+                 results_acc: bytes) -> None:
+        self.genesis, self.state, self.seen, self.seen_len = genesis, state, seen, seen_len
+        self.seen_acc, self.results_acc = seen_acc, results_acc
+        self._bytes: bytes | None = None
+
+    def to_bytes(self) -> bytes:
+        if self._bytes is None:
+            seen = [[k, h] for k, h in itertools.islice(self.seen.items(), self.seen_len)]
+            self._bytes = crypto.canonical_json({
+                "v": SNAPSHOT_VERSION,
+                "genesis": self.genesis,
+                "state": self.state,
+                "seen": seen,
+                "seen_acc": self.seen_acc.hex(),
+                "results_acc": self.results_acc.hex(),
+            })
+        return self._bytes
 
 
 KINDS = (

@@ -124,7 +124,7 @@ class LedgerApp:
         self.decoded: dict[bytes, Transaction] = {}
         self.authenticated: set[bytes] = set()  # hashes of transactions whose signature checked out
         self.recent: dict[int, Block] = {}  # the last executed/installed blocks (receipts read them)
-        self.snapshots: dict[int, bytes] = {}
+        self.snapshots: dict[int, Any] = {}  # seq -> contracts.StateCheckpoint
         self.hashes: dict[int, bytes] = {}
         self.verify_count = 0
         if chain.height() < 0:
@@ -216,7 +216,7 @@ class LedgerApp:
                 del self.recent[h]
 
     def _keep_snapshot(self, seq: int) -> None:
-        self.snapshots[seq] = self.contracts.snapshot()
+        self.snapshots[seq] = self.contracts.checkpoint()
         for s in sorted(self.snapshots)[: -self.keep]:
             del self.snapshots[s]
 
@@ -230,7 +230,7 @@ class LedgerApp:
             return None
         start = max(1, have_height + 1)
         blocks = [self.chain.get(h).encode().decode("utf-8") for h in range(start, seq + 1)]
-        return json.dumps({"seq": seq, "from": start, "contracts": snap.decode("utf-8"), "blocks": blocks},
+        return json.dumps({"seq": seq, "from": start, "contracts": snap.to_bytes().decode("utf-8"), "blocks": blocks},
                           separators=(",", ":")).encode("utf-8")
 
     def install_snapshot(self, seq: int, block_hash: bytes, state_root: bytes, snapshot: bytes) -> bool:
@@ -259,7 +259,7 @@ class LedgerApp:
                 self.tx_loc.setdefault(t.tx_hash(), (b.height, i))
         self.contracts = st
         self.head = prev
-        self.snapshots = {seq: st.snapshot()}
+        self.snapshots = {seq: st.checkpoint()}
         return True
 
     # -- reads ---------------------------------------------------------------------------------
@@ -296,6 +296,13 @@ class NodeSpec:
     genesis: Genesis
 
 
+def _corrupt(chain: Any, problem: str) -> Exception:
+    from ledger.storage import StorageCorruptError
+
+    store = getattr(chain, "store", None)
+    return StorageCorruptError(getattr(store, "path", "<memory chain>"), None, problem)
+
+
 class ReplicaNode:
     """Runs one replica: feeds it frames and timer events and performs its actions."""
 
@@ -306,8 +313,17 @@ class ReplicaNode:
         self.chain = chain
         self.transport = transport
         self.app = LedgerApp(spec.genesis, chain, checkpoint_interval=spec.cfg.checkpoint_interval)
-        view, votes = pbft.restored_votes(chain.meta_items())
-        self.replica = pbft.Replica(spec.rid, spec.cfg, spec.keyring, spec.signer, self.app, view=view, votes=votes)
+        meta = chain.meta_items()
+        view, votes = pbft.restored_votes(meta)
+        try:
+            prepared = pbft.restored_prepared(meta)
+        except ValueError as exc:
+            raise _corrupt(chain, str(exc)) from None
+        self.replica = pbft.Replica(spec.rid, spec.cfg, spec.keyring, spec.signer, self.app, view=view, votes=votes,
+                                    prepared=prepared)
+        if self.replica.damaged_proofs:
+            raise _corrupt(chain, f"prepared certificate of sequence number {self.replica.damaged_proofs[0]} in the "
+                                  "consensus log fails its signature/digest check")
         self.on_commit = on_commit
         self.alive = True
         self._perform(self.replica.start(transport.now_ms(), restarted=restarted))

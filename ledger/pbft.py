@@ -176,7 +176,8 @@ class Replica:
     """One PBFT replica. Deterministic given its inputs."""
 
     def __init__(self, rid: int, cfg: Config, keyring: M.KeyRing, signer: M.Signer, app: App, *,
-                 view: int = 0, votes: Optional[dict[int, tuple[int, bytes]]] = None) -> None:
+                 view: int = 0, votes: Optional[dict[int, tuple[int, bytes]]] = None,
+                 prepared: Optional[dict[int, tuple[int, bytes, M.PreparedProof]]] = None) -> None:
         if keyring.n != cfg.n:
             raise ValueError("keyring size != n")
         if cfg.n < 1:
@@ -197,6 +198,16 @@ class Replica:
         self.prepares: dict[tuple[int, int], dict[int, tuple[bytes, bytes]]] = {}
         self.commits: dict[tuple[int, int], dict[int, tuple[bytes, bytes]]] = {}
         self.prepared_proofs: dict[int, tuple[int, bytes, M.PreparedProof]] = {}
+        self.damaged_proofs: list[int] = []  # restored certificates that fail their checks
+        if prepared:
+            # Restored from disk after a restart: certificates above the executed height minus
+            # the log window (older ones are below every replica's stable checkpoint), checked
+            # again so that a damaged record can never make our VIEW-CHANGE invalid.
+            for seq, (pv, pd, proof) in prepared.items():
+                if not self._own_proof_ok(seq, pv, pd, proof):
+                    self.damaged_proofs.append(seq)
+                elif seq > self.last_exec - 2 * cfg.L:
+                    self.prepared_proofs[seq] = (pv, pd, proof)
         self.checkpoints: dict[int, dict[int, tuple[bytes, bytes, bytes]]] = {}
         self.own_checkpoints: dict[int, tuple[bytes, bytes]] = {}
         self.pending: "OrderedDict[bytes, bytes]" = OrderedDict()  # tx_hash -> raw tx
@@ -237,6 +248,21 @@ class Replica:
     def _sign(self, body: Any) -> bytes:
         return M.encode(body, self.id, self.signer)
 
+    def _own_proof_ok(self, seq: int, view: int, digest: bytes, proof: M.PreparedProof) -> bool:
+        ppe = self.keys.decode_verified(proof.pre_prepare, M.PrePrepare)
+        if ppe is None or ppe.sender != view % self.n:
+            return False
+        pp = ppe.body
+        if (pp.view, pp.seq, pp.digest) != (view, seq, digest) or not _digest_ok(pp):
+            return False
+        senders = set()
+        for praw in proof.prepares:
+            pe = self.keys.decode_verified(praw, M.Prepare)
+            if pe is None or pe.sender == ppe.sender or (pe.body.view, pe.body.seq, pe.body.digest) != (view, seq, digest):
+                return False
+            senders.add(pe.sender)
+        return len(senders) >= 2 * self.f
+
     def _in_window(self, seq: int) -> bool:
         return self.h < seq <= self.h + self.cfg.L
 
@@ -269,7 +295,16 @@ class Replica:
         if isinstance(body, M.Reply):
             self._count("ignored")
             return out
-        if env.sender == self.id or not self.keys.verify_envelope(env):
+        if env.sender == self.id:
+            self._count("bad_signature")
+            return out
+        if self._surplus_vote(body):
+            # A vote this replica no longer needs (the slot is already prepared / committed with
+            # the same digest): dropped unverified, as if the network had lost it. Saves the
+            # Ed25519 check of about 2 of every 5 normal-case votes (n = 4).
+            self._count("surplus_vote")
+            return out
+        if not self.keys.verify_envelope(env):
             self._count("bad_signature")
             return out
         v = getattr(body, "view", None)
@@ -281,6 +316,18 @@ class Replica:
         if handler is not None:
             handler(self, env, body, out)
         return out
+
+    def _surplus_vote(self, body: Any) -> bool:
+        t = type(body)
+        if t is M.Prepare:
+            slot = self.log.get(body.seq)
+            return (slot is not None and slot.prepared and slot.view == body.view == self.view
+                    and slot.digest == body.digest)
+        if t is M.Commit:
+            slot = self.log.get(body.seq)
+            return (slot is not None and slot.committed and slot.view == body.view == self.view
+                    and slot.digest == body.digest and slot.tx_root == body.tx_root)
+        return False
 
     def _help_lagging(self, peer: int, out: list[Action]) -> None:
         """A peer speaks in an older view: send it the NEW-VIEW that justifies ours (once per view)."""
@@ -573,6 +620,10 @@ class Replica:
             slot.prepared = True
             proof = M.PreparedProof(slot.pp_raw, tuple(matching[: 2 * self.f]))
             self.prepared_proofs[seq] = (slot.view, slot.digest, proof)
+            # The prepared certificate is durable before our COMMIT leaves (Castro-Liskov keep
+            # the log on disk): after a crash, our VIEW-CHANGE still carries it, so a batch that
+            # may have committed is re-proposed at the same sequence number in the next view.
+            out.append(Persist(f"prep/{seq % (4 * self.cfg.L)}", encode_prepared(seq, slot.view, slot.digest, proof)))
         if not slot.sent_commit:
             slot.sent_commit = True
             slot.my_commit = self._sign(M.Commit(slot.view, seq, slot.digest, slot.tx_root))
@@ -1024,6 +1075,50 @@ class Replica:
     def memory_footprint(self) -> int:
         return (len(self.log) + len(self.prepares) + len(self.commits) + len(self.prepared_proofs)
                 + len(self.checkpoints) + len(self.votes) + len(self.vcs))
+
+
+def encode_prepared(seq: int, view: int, digest: bytes, proof: M.PreparedProof) -> bytes:
+    """``seq u64 | view u64 | digest(32) | len u32 | PRE-PREPARE | count u16 | (len u32 | PREPARE)*``."""
+    parts = [seq.to_bytes(8, "big"), view.to_bytes(8, "big"), digest,
+             len(proof.pre_prepare).to_bytes(4, "big"), proof.pre_prepare, len(proof.prepares).to_bytes(2, "big")]
+    for p in proof.prepares:
+        parts += [len(p).to_bytes(4, "big"), p]
+    return b"".join(parts)
+
+
+def decode_prepared(data: bytes) -> Optional[tuple[int, int, bytes, M.PreparedProof]]:
+    """Inverse of :func:`encode_prepared`; None for a malformed record."""
+    try:
+        seq, view, digest = int.from_bytes(data[:8], "big"), int.from_bytes(data[8:16], "big"), data[16:48]
+        i = 48
+        n = int.from_bytes(data[i:i + 4], "big")
+        pp = data[i + 4:i + 4 + n]
+        i += 4 + n
+        k = int.from_bytes(data[i:i + 2], "big")
+        i += 2
+        prepares = []
+        for _ in range(k):
+            n = int.from_bytes(data[i:i + 4], "big")
+            prepares.append(data[i + 4:i + 4 + n])
+            i += 4 + n
+        if len(digest) != 32 or len(pp) == 0 or i != len(data) or any(len(p) == 0 for p in prepares):
+            return None
+        return seq, view, digest, M.PreparedProof(pp, tuple(prepares))
+    except (IndexError, ValueError):
+        return None
+
+
+def restored_prepared(meta: Iterable[tuple[str, bytes]]) -> dict[int, tuple[int, bytes, M.PreparedProof]]:
+    """Parse persisted ``prep/<slot>`` entries (prepared certificates) by sequence number."""
+    out: dict[int, tuple[int, bytes, M.PreparedProof]] = {}
+    for k, v in meta:
+        if k.startswith("prep/"):
+            rec = decode_prepared(bytes(v))
+            if rec is None:
+                raise ValueError(f"consensus log entry {k!r} is malformed")
+            if rec[0] not in out or rec[1] > out[rec[0]][0]:
+                out[rec[0]] = (rec[1], rec[2], rec[3])
+    return out
 
 
 def restored_votes(meta: Iterable[tuple[str, bytes]]) -> tuple[int, dict[int, tuple[int, bytes]]]:

@@ -105,26 +105,6 @@ def signing_bytes(chain_id: str, kind: str, sender: str, payload: Mapping[str, A
     return SIGN_DOMAIN + crypto.canonical_json(body)
 
 
-def _reject_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise TxDecodeError(f"duplicate key {k[:32]!r}")
-        out[k] = v
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise TxDecodeError(f"non-finite number {name}")
-
-
-def _parse_float(s: str) -> float:
-    f = float(s)
-    if f in (float("inf"), float("-inf")):
-        raise TxDecodeError("number overflows to infinity")
-    return f
-
-
 @dataclass(frozen=True, eq=False)
 class Transaction:
     """A signed transaction. Treat ``payload`` as immutable (hashes are cached)."""
@@ -238,20 +218,18 @@ class Transaction:
         if len(data) > MAX_TX_BYTES:
             raise TxDecodeError(f"transaction of {len(data)} bytes exceeds the {MAX_TX_BYTES}-byte limit")
         try:
-            text = data.decode("utf-8")
-            obj = json.loads(
-                text,
-                object_pairs_hook=_reject_dupes,
-                parse_constant=_reject_constant,
-                parse_float=_parse_float,
-            )
-        except TxDecodeError:
-            raise
+            # The plain C parser: what it tolerates is rejected below. A duplicate key (the last
+            # value wins) re-encodes to different bytes; NaN/Infinity and numbers overflowing to
+            # infinity fail from_dict's finiteness check; every other deviation from the
+            # canonical form (whitespace, key order, escapes, number spelling) fails the
+            # byte-for-byte comparison with the canonical re-encoding.
+            obj = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError, TypeError) as exc:
             raise TxDecodeError(f"not valid JSON: {type(exc).__name__}: {str(exc)[:80]}") from None
         tx = cls.from_dict(obj)
         if tx.encode() != data:
-            raise TxDecodeError("bytes are not the canonical encoding of the transaction")
+            raise TxDecodeError("bytes are not the canonical encoding of the transaction "
+                                "(or a key appears twice)")
         return tx
 
     # ---- identity -----------------------------------------------------------------------------

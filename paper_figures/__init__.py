@@ -17,6 +17,7 @@ MODULES: tuple[str, ...] = (
     "fig4_scalability",
     "fig5_convergence",
     "ledger_tables",
+    "ledger_latency",
     "communication",
     "privacy_budget",
 )

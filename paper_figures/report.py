@@ -249,6 +249,11 @@ def _c6(ctx: _Ctx) -> list[str]:
         srcs.append(bench)
         t = (f"{fmt(b.get('tx_per_s'), 1)} tx/s, block interval {fmt(b.get('block_interval_ms'), 1)} ms, "
              f"{b.get('transactions')} transactions, heads agree: {b.get('heads_agree')}")
+        if b.get("latency_curve"):
+            best, p50 = b.get("max_tx_per_s_with_p50_target"), b.get("min_p50_ms_with_tx_per_s_target")
+            t += (f"; latency/throughput curve: best {fmt(best, 0) if best is not None else 'none'} tx/s with p50 <= "
+                  f"{fmt(b.get('target_p50_ms'), 0)} ms, lowest p50 {fmt(p50, 2) if p50 is not None else 'none'} ms at "
+                  f">= {fmt(b.get('target_tx_per_s'), 0)} tx/s")
     else:
         t = ctx.missing_text(str(bench))
     txs = []
@@ -556,7 +561,7 @@ def build_report(runs_root: str | Path, out_dir: str | Path) -> Path:
         "## Figures and tables\n\n" + "\n".join(
             f"- {name}: `{name}.png` / `.pdf` / `.csv`" for name in (
                 "fig2_performance", "fig3_privacy", "fig4_scalability", "fig5_convergence", "ledger_tables",
-                "communication", "privacy_budget")) + "\n- Table 3.3: `table33.md`, `table33.csv`\n\n"
+                "ledger_latency", "communication", "privacy_budget")) + "\n- Table 3.3: `table33.md`, `table33.csv`\n\n"
         + "\n".join(f"![{n}]({n}.png)" for n in ("fig2_performance", "fig3_privacy", "fig4_scalability", "fig5_convergence")) + "\n",
     ]
     if ctx.missing:
@@ -580,6 +585,8 @@ EXPECTED_ITEMS = (
      "bfdl figures --runs runs/ --out results/ --only fig5_convergence"),
     ("Ledger performance", "ledger_tables.png", ("ledger_bench", "arms"),
      "bfdl figures --runs runs/ --out results/ --only ledger_tables"),
+    ("Ledger latency versus throughput", "ledger_latency.png", ("ledger_bench",),
+     "bfdl figures --runs runs/ --out results/ --only ledger_latency"),
     ("Communication per arm", "communication.png", ("arms",),
      "bfdl figures --runs runs/ --out results/ --only communication"),
     ("Privacy budget", "privacy_budget.png", ("arms", "client_dp", "privacy_budget"),

@@ -25,6 +25,7 @@ EXPECTED = {
     "fig4_scalability": ["fig4_scalability.png", "fig4_scalability.pdf", "fig4_scalability.csv", "scalability.csv"],
     "fig5_convergence": ["fig5_convergence.png", "fig5_convergence.pdf", "fig5_convergence.csv"],
     "ledger_tables": ["ledger_tables.png", "ledger_tables.pdf", "ledger_tables.csv", "ledger_tables.md"],
+    "ledger_latency": ["ledger_latency.png", "ledger_latency.pdf", "ledger_latency.csv", "ledger_latency.md"],
     "communication": ["communication.png", "communication.pdf", "communication.csv", "communication.md"],
     "privacy_budget": ["privacy_budget.png", "privacy_budget.pdf", "privacy_budget.csv", "privacy_budget.md"],
 }
@@ -141,6 +142,11 @@ def test_fig5_and_ledger_and_budget(runs, generated):
     ls = json.loads((runs / "arms" / "bfdl-s1" / "ledger" / "ledger_summary.json").read_text())
     assert lt.loc["ledger_ms_per_tx", "max"] >= 1000 * sum(ls["ledger_seconds"]) / sum(ls["tx_per_round"]) - 1e-9
     assert lt.loc["mb_on_chain_per_100_rounds", "mean"] == pytest.approx(9000 * 5 / 5 * 100 / 1e6)
+    curve = pd.read_csv(out / "ledger_latency.csv")
+    fx = json.loads((runs / "ledger_bench" / "bench.json").read_text())["latency_curve"]
+    assert list(curve.tx_per_s) == [c["tx_per_s"] for c in fx]
+    assert list(curve.latency_ms_p50) == [c["latency_ms_p50"] for c in fx]
+    assert "lowest p50 at >= 2110 tx/s: 24 ms" in (out / "ledger_latency.md").read_text()
     noise = pd.read_csv(out / "privacy_budget_noise.csv")
     assert set(noise.level) == {"client", "sample"}
     comm = pd.read_csv(out / "communication.csv").set_index("arm")
@@ -155,8 +161,11 @@ def test_missing_inputs_are_not_invented(tmp_path):
     for p in runs.glob("arms/*/attacks"):
         shutil.rmtree(p)
     out = tmp_path / "results"
-    manifest = paper_figures.generate_all(runs, out, only=("table33", "fig3_privacy", "fig4_scalability", "ledger_tables"))
+    manifest = paper_figures.generate_all(runs, out, only=("table33", "fig3_privacy", "fig4_scalability", "ledger_tables",
+                                                           "ledger_latency"))
     assert any("bench.json" in m for m in manifest["ledger_tables"]["missing"])
+    assert any("bench.json" in m for m in manifest["ledger_latency"]["missing"])
+    assert pd.read_csv(out / "ledger_latency.csv").empty
     assert manifest["fig4_scalability"]["missing"]
     assert manifest["fig3_privacy"]["missing"]
     assert pd.read_csv(out / "scalability.csv").empty

@@ -75,10 +75,12 @@ def test_flipped_byte_in_ledger_database_is_named(pristine, tmp_path):
     model_hash = json.loads((run / "ledger" / "ledger_summary.json").read_text())["model_hashes"][1]
     db = run / "ledger" / "replicas" / "replica_2.sqlite"
     data = db.read_bytes()
-    off = data.find(model_hash.encode())
-    assert off > 0, "the committed model hash should be stored in the replica database"
-    c = data[off]
-    _flip(db, off, ord("0") if c != ord("0") else ord("1"))
+    offs = [i for i in range(len(data)) if data.startswith(model_hash.encode(), i)]
+    assert offs, "the committed model hash should be stored in the replica database"
+    # Every copy (the block and the consensus log's prepared certificate in the meta table).
+    for off in offs:
+        c = data[off]
+        _flip(db, off, ord("0") if c != ord("0") else ord("1"))
     res = verify_run(run)
     assert not res.ok
     assert "chain:replica_2" in res.first_failure and "block" in res.first_failure

@@ -3,6 +3,8 @@ recovery, content-addressed store, full chain verification by re-execution."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import signal
 import subprocess
@@ -271,7 +273,7 @@ def test_verify_chain_detects_semantic_tampering(tmp_path: Path) -> None:
     rep = verify_chain(db, genesis=GENESIS)
     assert not rep.ok and (rep.failing_height, rep.failing_tx) == (3, 4) and "re-execution" in rep.first_error
     # 2) a header with a forged state root
-    forged = BlockHeader(**{**blk.header.__dict__, "state_root": bytes(32)})
+    forged = dataclasses.replace(blk.header, state_root=bytes(32))
     _rewrite_block(db, 3, Block(forged, blk.txs, blk.results))
     rep = verify_chain(db, genesis=GENESIS)
     assert not rep.ok and rep.failing_height == 3 and "state root" in rep.first_error
@@ -282,7 +284,7 @@ def test_verify_chain_detects_semantic_tampering(tmp_path: Path) -> None:
     txs = list(blk.txs)
     txs[1] = spoof
     from ledger.block import tx_root
-    hdr = BlockHeader(**{**blk.header.__dict__, "tx_root": tx_root(txs)})
+    hdr = dataclasses.replace(blk.header, tx_root=tx_root(txs))
     _rewrite_block(db, 3, Block(hdr, tuple(txs), blk.results))
     rep = verify_chain(db, genesis=GENESIS)
     assert not rep.ok and (rep.failing_height, rep.failing_tx) == (3, 1) and "signature" in rep.first_error
@@ -293,7 +295,7 @@ def test_verify_chain_detects_semantic_tampering(tmp_path: Path) -> None:
     s2, _ = make_chain(db2, 3)
     b2 = s2.get_block(2)
     s2.close()
-    hdr = BlockHeader(**{**b2.header.__dict__, "timestamp_ms": 5})
+    hdr = dataclasses.replace(b2.header, timestamp_ms=5)
     _rewrite_block(db2, 2, Block(hdr, b2.txs, b2.results))
     with pytest.raises(StorageCorruptError, match="block 3: prev_hash does not link"):
         LedgerStore(db2)

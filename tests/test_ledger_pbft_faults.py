@@ -228,3 +228,59 @@ def test_lagging_replica_rejoins_by_state_transfer():
     assert c.nodes[3].replica.stats.get("state_transfer", 0) >= 1
     assert c.nodes[3].app.contracts.state_root() == c.nodes[0].app.contracts.state_root()
     _safe(c, w)
+
+
+def test_committed_batch_survives_whole_cluster_crash_and_view_change():
+    """Only replica 0 collects the COMMITs of a batch (and executes it); every replica then
+    crashes and restarts. The others must not reassign that sequence number in the next view:
+    their prepared certificates were persisted before their COMMITs left, so the new primary
+    re-proposes the same batch. (Before certificates were persisted, replicas 1-3 formed a
+    quorum for a null batch at that height and diverged from replica 0.)"""
+    w, c = _cluster(4, seed=11, K=50)
+    _rounds(c, w, 1, 1)
+    start = c.heights()[0]
+    orig_link = c.net._link
+
+    def link(frm, to, raw):
+        try:
+            body = M.decode(raw).body
+        except M.MessageDecodeError:
+            body = None
+        if isinstance(body, M.Commit) and to in (1, 2, 3):
+            return  # replicas 1-3 never learn that the batch committed
+        orig_link(frm, to, raw)
+
+    c.net._link = link
+    hs = c.submit(w.round_txs(2, 5))
+    c.net.run(until=lambda: c.heights()[0] > start, max_ms=2_000)
+    assert c.heights()[0] == start + 1 and c.heights()[1:] == [start] * 3
+    assert all(c.nodes[i].replica.prepared_proofs.get(start + 1) for i in (1, 2, 3))
+    c.net._link = orig_link
+    for i in range(4):
+        c.crash(i)
+    for i in range(4):
+        c.restart(i)
+    for i in (1, 2, 3):  # the certificate came back from disk
+        assert c.nodes[i].replica.prepared_proofs.get(start + 1) is not None
+    hs2 = c.submit(w.round_txs(2, 5))  # the client retransmits
+    assert c.run_until_committed(hs2, max_ms=60_000), c.heights()
+    _rounds(c, w, 3, 2)
+    top = _safe(c, w)
+    assert top >= start + 2
+    blocks = {c.chains[i].get(start + 1).hash() for i in range(4)}
+    assert len(blocks) == 1, "replicas committed different blocks at the same height"
+
+
+def test_damaged_prepared_certificate_on_disk_refuses_to_start():
+    w, c = _cluster(4, seed=12)
+    _rounds(c, w, 1, 2)
+    chain = c.chains[2]
+    key = next(k for k in chain.meta if k.startswith("prep/"))
+    rec = bytearray(chain.meta[key])
+    rec[-10] ^= 0x01  # inside the last PREPARE's signature
+    chain.meta[key] = bytes(rec)
+    c.crash(2)
+    from ledger.storage import StorageCorruptError
+
+    with pytest.raises(StorageCorruptError, match="prepared certificate"):
+        c.restart(2)

@@ -481,6 +481,14 @@ class Replica:
                     break
             if not txs:
                 return
+            old = self.votes.get(self.next_seq)
+            if old is not None and old[0] == self.view:
+                # We voted at (view, seq) before a restart and no longer hold that batch: a new
+                # PRE-PREPARE there would equivocate. Hand the view over instead; the view change
+                # re-proposes whatever may have prepared at seq.
+                self._count("voted_slot_after_restart")
+                self._start_view_change(self.view + 1, out)
+                return
             self.proposed.update(hashes)
             # Claim the sequence number before proposing: with n = 1 the batch executes inside
             # ``_propose``, and advancing next_seq afterwards left a gap (seq + 2 proposed next,

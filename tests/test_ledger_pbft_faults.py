@@ -284,3 +284,24 @@ def test_damaged_prepared_certificate_on_disk_refuses_to_start():
 
     with pytest.raises(StorageCorruptError, match="prepared certificate"):
         c.restart(2)
+
+
+def test_restarted_primary_does_not_equivocate_on_a_slot_it_voted_for():
+    """The primary proposes a batch that only it sees, crashes and restarts: it must not send a
+    different PRE-PREPARE for the same (view, seq) (its vote is on disk); it hands the view over
+    and the batch commits in the next view without an equivocation being recorded."""
+    w, c = _cluster(4, seed=13)
+    _rounds(c, w, 1, 1)
+    c.net.partition([[0], [1, 2, 3]])
+    hs = c.submit(w.round_txs(2, 5), targets=[0])
+    c.net.run(max_ms=1)
+    seq = c.heights()[0] + 1
+    assert c.nodes[0].replica.votes.get(seq) is not None
+    c.restart(0)
+    c.net.heal()
+    hs = c.submit(w.round_txs(2, 5))
+    assert c.run_until_committed(hs, max_ms=60_000), c.heights()
+    assert c.nodes[0].replica.stats.get("voted_slot_after_restart", 0) >= 1
+    assert all(not c.nodes[i].replica.equivocations for i in range(4))
+    assert all(c.nodes[i].replica.stats.get("conflicting_vote_refused", 0) == 0 for i in range(4))
+    _safe(c, w)

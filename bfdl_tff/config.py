@@ -135,7 +135,9 @@ class LedgerConfig:
 
     enabled: bool = True
     replicas: int = _c(4, min=1, max=31)
-    transport: str = _c("inproc", choices=("inproc", "tcp"))
+    # inproc: one-thread simulated network (deterministic); threads: each replica in a thread of
+    # this process (ledger.threadnet); tcp: replica processes on loopback.
+    transport: str = _c("inproc", choices=("inproc", "threads", "tcp"))
     checkpoint_interval: int = _c(10, min=1)
     batch_size: int = _c(64, min=1)
     epsilon_cap: float = _c(0.0, min=0.0)  # 0 = use privacy.target_epsilon

@@ -59,7 +59,7 @@ def generate(runs_root: Path, out_dir: Path) -> Output:
         ax.axvline(tgt_tx, color="0.5", lw=0.8, ls=":")
         ax.axhline(tgt_ms, color="0.5", lw=0.8, ls=":")
         ax.plot([PAPER_TX_PER_S], [PAPER_MS], "x", color="k", label="paper (211 tx/s, 23.4 ms)")
-        ax.set_yscale("log")
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("throughput (tx/s)")
         ax.set_ylabel("commit latency (ms)")
         ax.set_title(f"PBFT ledger, n = {b.get('replicas')}, {b.get('transport')}: latency vs throughput\n"

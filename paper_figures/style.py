@@ -104,7 +104,11 @@ def fmt(value: Any, digits: int = 3) -> str:
         return "n/a"
     if v.is_integer() and abs(v) >= 10:
         return str(int(v))
-    if abs(v) >= 1000 or (v != 0 and abs(v) < 10 ** (-digits)):
+    if abs(v) >= 1e7:
+        return f"{v:.{max(digits, 1) + 2}g}"
+    if abs(v) >= 1000:
+        return f"{v:.0f}"  # e.g. 2655 tx/s, not 2.66e+03
+    if v != 0 and abs(v) < 10 ** (-digits):
         return f"{v:.{digits}g}"
     return f"{v:.{digits}f}"
 

@@ -287,3 +287,17 @@ def test_no_cap_when_epsilon_cap_is_zero(tmp_path):
         assert hook.ledger_summary()["epsilon_cap"] is None
     finally:
         hook.close()
+
+
+def test_threaded_ledger_transport_records_and_audits(tmp_path):
+    """ledger.transport = threads: the same hook over replicas running in threads."""
+    run = tmp_path / "run-threads"
+    run.mkdir()
+    run_synthetic(_hook(run, transport="threads"), run, hospitals=H, rounds=2)
+    s = json.loads((run / "ledger" / "ledger_summary.json").read_text())
+    assert s["rounds"] == [1, 2] and s["tx_per_round"] == [11, 11] and s["transport"] == "threads"
+    res = verify_run(run)
+    assert res.ok, res.first_failure
+    import threading
+
+    assert not any(t.name.startswith("pbft-replica-") and t.is_alive() for t in threading.enumerate())

@@ -30,7 +30,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ledger import crypto
 from ledger import messages as M
@@ -79,95 +79,132 @@ def _db_bytes(paths: list[Path]) -> int:
     return total
 
 
+class _WindowClient:
+    """The benchmark client: keeps ``window`` REQUEST frames of ``client_batch`` transactions in
+    flight and records, per transaction, the time from its REQUEST to the certified block."""
+
+    def __init__(self, raws: list[bytes], hashes: list[bytes], client_batch: int, window: int) -> None:
+        self.raws, self.hashes = raws, hashes
+        self.client_batch, self.window = client_batch, window
+        self.total = len(raws)
+        self.sent_at: dict[bytes, float] = {}
+        self.tx_req: dict[bytes, int] = {}
+        self.req_left: list[int] = []  # outstanding transactions per request
+        self.latencies: list[float] = []
+        self.block_times: list[float] = []
+        self.committed = self.next_tx = self.inflight = 0
+
+    def fill(self, send: Callable[[list[bytes]], None]) -> None:
+        while self.inflight < self.window and self.next_tx < self.total:
+            lo, hi = self.next_tx, self.next_tx + self.client_batch
+            chunk = self.raws[lo:hi]
+            now = time.perf_counter()
+            rid = len(self.req_left)
+            self.req_left.append(len(chunk))
+            for h in self.hashes[lo:hi]:
+                self.sent_at[h] = now
+                self.tx_req[h] = rid
+            send(chunk)
+            self.next_tx += len(chunk)
+            self.inflight += 1
+
+    def on_block(self, blk: Any) -> None:
+        now = time.perf_counter()
+        self.block_times.append(now)
+        for t in blk.txs:
+            h = t.tx_hash()
+            st = self.sent_at.pop(h, None)
+            if st is None:
+                continue
+            self.latencies.append((now - st) * 1000.0)
+            self.committed += 1
+            rid = self.tx_req.pop(h)
+            self.req_left[rid] -= 1
+            if self.req_left[rid] == 0:
+                self.inflight -= 1
+
+    def run(self, *, send: Callable[[list[bytes]], None], pump: Callable[[], None], collector: Any,
+            block_at: Callable[[int, bytes], Any], first_seq: int) -> tuple[float, float]:
+        """Drive the cluster until every transaction is in a certified block; returns (wall s,
+        process CPU s). ``pump`` moves the network on; ``block_at(seq, block_hash)`` returns the
+        certified block or None if it cannot be read yet."""
+        seq = first_seq
+        c0, t0 = time.process_time(), time.perf_counter()
+        while self.committed < self.total:
+            self.fill(send)
+            pump()
+            while True:
+                cert = collector.certified(seq)
+                blk = block_at(seq, cert[0]) if cert is not None else None
+                if blk is None:
+                    break
+                self.on_block(blk)
+                collector.forget_below(seq)
+                seq += 1
+        return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _result(wc: _WindowClient, elapsed: float, cpu_s: float, *, nodes: list[Any], heads: list[tuple[int, str]],
+            db_path: Path, net_bytes: int, rings: Any) -> dict:
+    """The keys every in-process runner reports (see ``bfdl ledger bench --json``)."""
+    n = wc.total
+    app0 = nodes[0].app
+    block_bytes = sum(len(app0.block(h).encode()) for h in range(1, app0.height() + 1))
+    roots = {node.app.contracts.state_root() for node in nodes}
+    intervals = [b - a for a, b in zip(wc.block_times, wc.block_times[1:])]
+    return {
+        "elapsed_s": elapsed,
+        "tx_per_s": n / elapsed,
+        # CPU seconds of the whole process (all replicas + client) over the timed loop.
+        "cpu_s": cpu_s,
+        "tx_per_cpu_s": n / cpu_s if cpu_s > 0 else float("nan"),
+        "latency_ms_p50": _pct(wc.latencies, 0.5),
+        "latency_ms_p99": _pct(wc.latencies, 0.99),
+        "block_interval_ms": (statistics.mean(intervals) * 1000.0) if intervals else float("nan"),
+        "blocks": len(wc.block_times),
+        "txs_per_block": n / max(1, len(wc.block_times)),
+        "bytes_per_tx": block_bytes / n,
+        "db_bytes_per_tx": _db_bytes([db_path]) / n,
+        "net_bytes_per_tx": net_bytes / n,
+        "heads_agree": len(set(heads)) == 1 and len(roots) == 1,
+        "heads": [list(h) for h in heads[:1]],
+        "client_sig_verifications": sum(node.app.verify_count for node in nodes),
+        "replica_msg_verifications": sum(r.verifications for r in rings.values()),
+    }
+
+
+def _client_for(transactions: int, seed: int, client_batch: int, window: int) -> tuple[Any, _WindowClient]:
+    w, txs = _workload(transactions, seed)
+    return w, _WindowClient([t.encode() for t in txs], [t.tx_hash() for t in txs], client_batch, window)
+
+
 def run_inproc(*, replicas: int, transactions: int, batch_size: int, client_batch: int, window: int,
                data_dir: Path, sync: str, seed: int) -> dict:
+    """The one-thread simulated network (``--transport sim``): all replicas share one core."""
     from ledger.cluster import LocalCluster
 
-    w, txs = _workload(transactions, seed)
-    raws = [t.encode() for t in txs]
-    hashes = [t.tx_hash() for t in txs]
+    w, wc = _client_for(transactions, seed, client_batch, window)
     lc = LocalCluster(replicas, data_dir=data_dir, genesis=w.genesis, seed=seed, batch_size=batch_size,
                       max_inflight=2, sync=sync)
     try:
         sim = lc.sim
         assert sim is not None
-        net, client = sim.net, sim.client
-        node0 = sim.nodes[0]
-        sent_at: dict[bytes, float] = {}
-        latencies: list[float] = []
-        block_times: list[float] = []
-        block_bytes = 0
-        committed = 0
-        next_tx = 0
-        inflight = 0
-        req_left: list[int] = []  # outstanding txs per request (FIFO)
-        tx_req: dict[bytes, int] = {}
-        next_seq = node0.app.height() + 1
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        while committed < transactions:
-            while inflight < window and next_tx < transactions:
-                chunk = raws[next_tx:next_tx + client_batch]
-                now = time.perf_counter()
-                rid = len(req_left)
-                req_left.append(len(chunk))
-                for h in hashes[next_tx:next_tx + client_batch]:
-                    sent_at[h] = now
-                    tx_req[h] = rid
-                net.client_broadcast(M.encode(M.Request(tuple(chunk)), M.CLIENT_SENDER, None))
-                next_tx += len(chunk)
-                inflight += 1
+        net = sim.net
+        app0 = sim.nodes[0].app
+
+        def pump() -> None:
             if not net.step():
-                raise RuntimeError(f"network idle with {transactions - committed} transactions uncommitted")
-            while True:
-                cert = client.certified(next_seq)
-                if cert is None:
-                    break
-                now = time.perf_counter()
-                blk = node0.app.block(next_seq) if node0.app.block_hash(next_seq) == cert[0] else None
-                if blk is None:
-                    blk = lc._honest_block(next_seq, cert[0])
-                block_times.append(now)
-                for t in blk.txs:
-                    h = t.tx_hash()
-                    st = sent_at.pop(h, None)
-                    if st is None:
-                        continue
-                    latencies.append((now - st) * 1000.0)
-                    committed += 1
-                    rid = tx_req.pop(h)
-                    req_left[rid] -= 1
-                    if req_left[rid] == 0:
-                        inflight -= 1
-                client.forget_below(next_seq)
-                next_seq += 1
-        elapsed = time.perf_counter() - t0
-        cpu_s = time.process_time() - c0
-        block_bytes = sum(len(node0.app.block(h).encode()) for h in range(1, node0.app.height() + 1))
+                raise RuntimeError(f"network idle with {wc.total - wc.committed} transactions uncommitted")
+
+        def block_at(seq: int, block_hash: bytes) -> Any:
+            return app0.block(seq) if app0.block_hash(seq) == block_hash else lc._honest_block(seq, block_hash)
+
+        elapsed, cpu_s = wc.run(
+            send=lambda chunk: net.client_broadcast(M.encode(M.Request(tuple(chunk)), M.CLIENT_SENDER, None)),
+            pump=pump, collector=sim.client, block_at=block_at, first_seq=app0.height() + 1)
         net.run(until=lambda: len(set(sim.heights())) == 1, max_ms=10_000)
-        heads = lc.heads()
-        roots = {sim.nodes[i].app.contracts.state_root() for i in range(replicas)}
-        intervals = [b - a for a, b in zip(block_times, block_times[1:])]
-        return {
-            "elapsed_s": elapsed,
-            "tx_per_s": transactions / elapsed,
-            # CPU time of this process over the timed loop: tx per CPU-second is what the cluster
-            # achieves with a whole core to itself (less sensitive to other load on the machine).
-            "cpu_s": cpu_s,
-            "tx_per_cpu_s": transactions / cpu_s if cpu_s > 0 else float("nan"),
-            "latency_ms_p50": _pct(latencies, 0.5),
-            "latency_ms_p99": _pct(latencies, 0.99),
-            "block_interval_ms": (statistics.mean(intervals) * 1000.0) if intervals else float("nan"),
-            "blocks": len(block_times),
-            "txs_per_block": transactions / max(1, len(block_times)),
-            "bytes_per_tx": block_bytes / transactions,
-            "db_bytes_per_tx": _db_bytes(lc.db_paths()) / transactions,
-            "net_bytes_per_tx": net.bytes_sent / transactions,
-            "heads_agree": len(set(heads)) == 1 and len(roots) == 1,
-            "heads": [list(h) for h in heads[:1]],
-            "client_sig_verifications": sum(sim.nodes[i].app.verify_count for i in range(replicas)),
-            "replica_msg_verifications": sum(r.verifications for r in sim.rings.values()),
-        }
+        return _result(wc, elapsed, cpu_s, nodes=sim.nodes, heads=lc.heads(), db_path=lc.db_paths()[0],
+                       net_bytes=net.bytes_sent, rings=sim.rings)
     finally:
         lc.close()
 
@@ -175,113 +212,44 @@ def run_inproc(*, replicas: int, transactions: int, batch_size: int, client_batc
 def run_threads(*, replicas: int, transactions: int, batch_size: int, client_batch: int, window: int,
                 data_dir: Path, sync: str, seed: int, max_inflight: int = 4,
                 switch_interval_s: Optional[float] = None) -> dict:
-    """In-process, one thread per replica (:class:`ledger.threadnet.ThreadCluster`), real clock.
-
-    The client (this thread) keeps ``window`` REQUEST frames of ``client_batch`` transactions in
-    flight; a transaction's latency runs from its REQUEST to the moment this thread holds f+1
-    matching signed REPLY frames for the block containing it."""
-    from ledger.client import ReplyCollector
+    """In-process, one thread per replica (:class:`ledger.threadnet.ThreadCluster`), real clock;
+    the client runs in this thread."""
+    from ledger import pbft
     from ledger.node import StoreChain
     from ledger.storage import LedgerStore
     from ledger.threadnet import ThreadCluster, set_switch_interval
-    from ledger import pbft
 
-    w, txs = _workload(transactions, seed)
-    raws = [t.encode() for t in txs]
-    hashes = [t.tx_hash() for t in txs]
+    w, wc = _client_for(transactions, seed, client_batch, window)
     cfg = pbft.Config(n=replicas, batch_size=batch_size, max_inflight=max_inflight)
     chains = [StoreChain(LedgerStore(data_dir / f"replica_{i}.sqlite", genesis=w.genesis, sync=sync))
               for i in range(replicas)]
     old_switch = set_switch_interval(switch_interval_s)
     cl = ThreadCluster(replicas, genesis=w.genesis, seed=seed, cfg=cfg, chains=chains)
     try:
-        collector = ReplyCollector(cl.client_keyring, cl.f)
-        sent_at: dict[bytes, float] = {}
-        latencies: list[float] = []
-        block_times: list[float] = []
-        committed = 0
-        next_tx = 0
-        inflight = 0
-        req_left: list[int] = []
-        tx_req: dict[bytes, int] = {}
-        next_seq = 1
-        c0 = time.process_time()
-        t0 = time.perf_counter()
         deadline = time.monotonic() + 120.0
-        while committed < transactions:
-            while inflight < window and next_tx < transactions:
-                chunk = raws[next_tx:next_tx + client_batch]
-                now = time.perf_counter()
-                rid = len(req_left)
-                req_left.append(len(chunk))
-                for h in hashes[next_tx:next_tx + client_batch]:
-                    sent_at[h] = now
-                    tx_req[h] = rid
-                cl.submit_raw(chunk)
-                next_tx += len(chunk)
-                inflight += 1
+
+        def pump() -> None:
             for raw in cl.replies(timeout=0.5):
-                collector.on_frame(raw)
+                cl.collector.on_frame(raw)
             cl.check()
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{transactions - committed} transactions not committed within 120 s")
-            while True:
-                cert = collector.certified(next_seq)
-                if cert is None:
-                    break
-                now = time.perf_counter()
-                blk = None
-                for node in cl.nodes:
-                    if node.app.block_hash(next_seq) == cert[0]:
-                        blk = node.app.block(next_seq)
-                        break
-                if blk is None:
-                    break  # certified before this thread can read it: retry after the next reply
-                block_times.append(now)
-                for t in blk.txs:
-                    h = t.tx_hash()
-                    st = sent_at.pop(h, None)
-                    if st is None:
-                        continue
-                    latencies.append((now - st) * 1000.0)
-                    committed += 1
-                    rid = tx_req.pop(h)
-                    req_left[rid] -= 1
-                    if req_left[rid] == 0:
-                        inflight -= 1
-                collector.forget_below(next_seq)
-                next_seq += 1
-        elapsed = time.perf_counter() - t0
-        cpu_s = time.process_time() - c0
+                raise RuntimeError(f"{wc.total - wc.committed} transactions not committed within 120 s")
+
+        def block_at(seq: int, block_hash: bytes) -> Any:
+            # None when no replica has stored it yet (certified by replies first): retried later.
+            for node in cl.nodes:
+                if node.app.block_hash(seq) == block_hash:
+                    return node.app.block(seq)
+            return None
+
+        elapsed, cpu_s = wc.run(send=cl.submit_raw, pump=pump, collector=cl.collector, block_at=block_at,
+                                first_seq=1)
         cl.wait_until(lambda: len(set(cl.heights())) == 1, 20.0)
         cl.stop()
-        set_switch_interval(old_switch)
-        node0 = cl.nodes[0]
-        block_bytes = sum(len(node0.app.block(h).encode()) for h in range(1, node0.app.height() + 1))
-        heads = cl.heads()
-        roots = {cl.nodes[i].app.contracts.state_root() for i in range(replicas)}
-        intervals = [b - a for a, b in zip(block_times, block_times[1:])]
-        return {
-            "elapsed_s": elapsed,
-            "tx_per_s": transactions / elapsed,
-            # CPU seconds of the whole process (all replica threads + client) over the timed loop.
-            "cpu_s": cpu_s,
-            "tx_per_cpu_s": transactions / cpu_s if cpu_s > 0 else float("nan"),
-            "latency_ms_p50": _pct(latencies, 0.5),
-            "latency_ms_p99": _pct(latencies, 0.99),
-            "block_interval_ms": (statistics.mean(intervals) * 1000.0) if intervals else float("nan"),
-            "blocks": len(block_times),
-            "txs_per_block": transactions / max(1, len(block_times)),
-            "bytes_per_tx": block_bytes / transactions,
-            "db_bytes_per_tx": _db_bytes([data_dir / "replica_0.sqlite"]) / transactions,
-            "net_bytes_per_tx": cl.net.bytes_sent / transactions,
-            "heads_agree": len(set(heads)) == 1 and len(roots) == 1,
-            "heads": [list(h) for h in heads[:1]],
-            "client_sig_verifications": sum(cl.nodes[i].app.verify_count for i in range(replicas)),
-            "replica_msg_verifications": sum(r.verifications for r in cl.rings.values()),
-            "max_inflight": max_inflight,
-            "switch_interval_s": switch_interval_s,
-        }
+        res = _result(wc, elapsed, cpu_s, nodes=cl.nodes, heads=cl.heads(), db_path=data_dir / "replica_0.sqlite",
+                      net_bytes=cl.net.bytes_sent, rings=cl.rings)
+        res.update({"max_inflight": max_inflight, "switch_interval_s": switch_interval_s})
+        return res
     finally:
         set_switch_interval(old_switch)
         cl.close()

@@ -111,6 +111,19 @@ class ReplyCollector:
             del self.replies[s]
 
 
+def locate_certified(apps: Any, collector: ReplyCollector, tx_hash: bytes) -> Optional[tuple[Any, int, int, bytes]]:
+    """(app, height, index, block_hash) of the first replica app holding ``tx_hash`` in a block
+    that f+1 replicas certified with the same hash, else None."""
+    for app in apps:
+        loc = app.locate(tx_hash)
+        if loc is None:
+            continue
+        cert = collector.certified(loc[0])
+        if cert is not None and app.block_hash(loc[0]) == cert[0]:
+            return app, loc[0], loc[1], cert[0]
+    return None
+
+
 def verify_chain(path: str | os.PathLike, *, genesis: Any) -> Any:
     """Re-verify a replica database (delegates to :func:`ledger.verify.verify_chain`)."""
     from ledger.verify import verify_chain as _vc

@@ -249,19 +249,28 @@ class Replica:
         return M.encode(body, self.id, self.signer)
 
     def _own_proof_ok(self, seq: int, view: int, digest: bytes, proof: M.PreparedProof) -> bool:
+        pp = self._proof_pre_prepare(proof)
+        return pp is not None and (pp.view, pp.seq, pp.digest) == (view, seq, digest)
+
+    def _proof_pre_prepare(self, proof: M.PreparedProof) -> Optional[M.PrePrepare]:
+        """The PRE-PREPARE of a valid prepared certificate (signed by its view's primary, digest
+        consistent, 2f matching PREPAREs from distinct backups), else None."""
         ppe = self.keys.decode_verified(proof.pre_prepare, M.PrePrepare)
-        if ppe is None or ppe.sender != view % self.n:
-            return False
+        if ppe is None:
+            return None
         pp = ppe.body
-        if (pp.view, pp.seq, pp.digest) != (view, seq, digest) or not _digest_ok(pp):
-            return False
+        if ppe.sender != pp.view % self.n or not _digest_ok(pp):
+            return None
         senders = set()
         for praw in proof.prepares:
             pe = self.keys.decode_verified(praw, M.Prepare)
-            if pe is None or pe.sender == ppe.sender or (pe.body.view, pe.body.seq, pe.body.digest) != (view, seq, digest):
-                return False
+            if pe is None or pe.sender == ppe.sender:
+                return None
+            b = pe.body
+            if (b.view, b.seq, b.digest) != (pp.view, pp.seq, pp.digest):
+                return None
             senders.add(pe.sender)
-        return len(senders) >= 2 * self.f
+        return pp if len(senders) >= 2 * self.f else None
 
     def _in_window(self, seq: int) -> bool:
         return self.h < seq <= self.h + self.cfg.L
@@ -874,26 +883,10 @@ class Replica:
                 return False
         seen = set()
         for p in vc.prepared:
-            ppe = self.keys.decode_verified(p.pre_prepare, M.PrePrepare)
-            if ppe is None:
-                return False
-            pp = ppe.body
-            if ppe.sender != pp.view % self.n or pp.view >= vc.new_view or not _digest_ok(pp):
-                return False
-            if not vc.stable_seq < pp.seq or pp.seq in seen:
+            pp = self._proof_pre_prepare(p)
+            if pp is None or pp.view >= vc.new_view or not vc.stable_seq < pp.seq or pp.seq in seen:
                 return False
             seen.add(pp.seq)
-            senders = set()
-            for praw in p.prepares:
-                pe = self.keys.decode_verified(praw, M.Prepare)
-                if pe is None or pe.sender == ppe.sender:
-                    return False
-                b = pe.body
-                if (b.view, b.seq, b.digest) != (pp.view, pp.seq, pp.digest):
-                    return False
-                senders.add(pe.sender)
-            if len(senders) < 2 * self.f:
-                return False
         return True
 
     def _on_view_change(self, env: M.Envelope, vc: M.ViewChange, out: list[Action]) -> None:

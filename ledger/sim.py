@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Optional
 from ledger import crypto
 from ledger import messages as M
 from ledger import pbft
-from ledger.client import ReplyCollector
+from ledger.client import ReplyCollector, locate_certified
 from ledger.contracts import Genesis
 from ledger.node import MemoryChain, NodeSpec, ReplicaNode
 from ledger.tx import Transaction
@@ -305,17 +305,9 @@ class SimCluster:
 
     def located(self, tx_hash: bytes) -> Optional[tuple[int, int, bytes]]:
         """(height, index, block_hash) if f+1 replicas replied for the block holding the tx."""
-        for i in self.honest():
-            node = self.nodes[i]
-            if node is None:
-                continue
-            loc = node.app.locate(tx_hash)
-            if loc is None:
-                continue
-            cert = self.client.certified(loc[0])
-            if cert is not None and cert[0] == node.app.block_hash(loc[0]):
-                return loc[0], loc[1], cert[0]
-        return None
+        apps = (self.nodes[i].app for i in self.honest() if self.nodes[i] is not None)
+        found = locate_certified(apps, self.client, tx_hash)
+        return None if found is None else found[1:]
 
     def all_located(self, hashes: Iterable[bytes]) -> bool:
         return all(self.located(h) is not None for h in hashes)

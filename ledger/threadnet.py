@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from ledger import messages as M
 from ledger import pbft
-from ledger.client import LedgerError, Receipt, ReplyCollector, receipt_from_block
+from ledger.client import LedgerError, Receipt, ReplyCollector, locate_certified, receipt_from_block
 from ledger.contracts import Genesis
 from ledger.node import MemoryChain, NodeSpec, ReplicaNode
 from ledger.sim import make_keys
@@ -182,14 +182,10 @@ class ThreadCluster:
             for h in hashes:
                 if h in found:
                     continue
-                for node in self.nodes:
-                    loc = node.app.locate(h)
-                    if loc is None:
-                        continue
-                    cert = self.collector.certified(loc[0])
-                    if cert is not None and node.app.block_hash(loc[0]) == cert[0]:
-                        found[h] = receipt_from_block(node.app.block(loc[0]), loc[1])
-                        break
+                got = locate_certified((node.app for node in self.nodes), self.collector, h)
+                if got is not None:
+                    app, height, index, _bh = got
+                    found[h] = receipt_from_block(app.block(height), index)
             if len(found) == len(set(hashes)):
                 top = max(r.height for r in found.values())
                 self.collector.forget_below(top - 2 * self.cfg.L)
@@ -240,6 +236,11 @@ class ThreadCluster:
         self.stop()
         for c in self.chains:
             c.close()
+
+
+def replica_threads_alive() -> int:
+    """Number of live replica threads in this process (tests check that close() joined them)."""
+    return sum(1 for t in threading.enumerate() if t.name.startswith("pbft-replica-") and t.is_alive())
 
 
 def set_switch_interval(seconds: Optional[float]) -> Optional[float]:

@@ -298,6 +298,6 @@ def test_threaded_ledger_transport_records_and_audits(tmp_path):
     assert s["rounds"] == [1, 2] and s["tx_per_round"] == [11, 11] and s["transport"] == "threads"
     res = verify_run(run)
     assert res.ok, res.first_failure
-    import threading
+    from ledger.threadnet import replica_threads_alive
 
-    assert not any(t.name.startswith("pbft-replica-") and t.is_alive() for t in threading.enumerate())
+    assert replica_threads_alive() == 0

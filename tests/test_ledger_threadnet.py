@@ -8,19 +8,14 @@ the chain, and that closing leaves no thread behind.
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from ledger import messages as M
 from ledger.bench import run_bench
 from ledger.cluster import LocalCluster
 from ledger.sim import Workload
+from ledger.threadnet import replica_threads_alive
 from ledger.verify import verify_chain
-
-
-def _no_replica_threads() -> bool:
-    return not any(t.name.startswith("pbft-replica-") and t.is_alive() for t in threading.enumerate())
 
 
 @pytest.mark.parametrize("n", [1, 4])
@@ -40,7 +35,7 @@ def test_threads_commit_agree_and_verify(tmp_path, n):
         assert len({node.app.contracts.state_root() for node in cl.nodes}) == 1
         # Every replica checked every client signature itself.
         assert all(node.app.verify_count == 60 for node in cl.nodes)
-    assert _no_replica_threads()
+    assert replica_threads_alive() == 0
     for p in lc.db_paths():
         rep = verify_chain(p, genesis=w.genesis)
         assert rep.ok, rep.first_error
@@ -62,7 +57,7 @@ def test_junk_frames_do_not_stop_a_replica_and_reopen_continues(tmp_path):
         rs = lc.submit_many(w.round_txs(3, 10))
         assert min(r.height for r in rs) == h1 + 1
         assert len(set(lc.heads())) == 1
-    assert _no_replica_threads()
+    assert replica_threads_alive() == 0
 
 
 @pytest.mark.parametrize("transport", ["inproc", "sim"])
@@ -73,4 +68,4 @@ def test_bench_smoke_reports_agreement_and_latency(transport):
     assert r["blocks"] >= 96 // 16
     # every replica verified every client signature once
     assert r["client_sig_verifications"] == 4 * 96
-    assert _no_replica_threads()
+    assert replica_threads_alive() == 0

@@ -26,6 +26,11 @@ from bfdl_tff.errors import ConfigError
 
 T = TypeVar("T")
 
+#: The three arms of the paper's comparison (3.3): pooled Keras training, plain FedAvg, B-FDL.
+#: The single definition of the arm set; everything else derives from it.
+Arm = Literal["centralized", "federated", "bfdl"]
+ARMS: tuple[Arm, ...] = get_args(Arm)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 
@@ -173,7 +178,7 @@ class SeedConfig:
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
-    arm: str = _c("bfdl", choices=("centralized", "federated", "bfdl"))
+    arm: Arm = "bfdl"
     seed: int = _c(0, min=0)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelRef = field(default_factory=ModelRef)

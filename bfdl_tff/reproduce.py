@@ -54,11 +54,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from bfdl_tff.config import REPO_ROOT, ExperimentConfig, from_dict, load_config, to_dict
+from bfdl_tff.config import ARMS, REPO_ROOT, ExperimentConfig, from_dict, load_config, to_dict
 from bfdl_tff.errors import BfdlError, RunDirError
 from bfdl_tff.io_utils import atomic_write_json
 
-ARMS = ("centralized", "federated", "bfdl")
 
 
 class ProducerMissing(BfdlError):
@@ -231,7 +230,6 @@ def run_one(ctx: Context, cfg: ExperimentConfig, run_path: Path) -> Path:
             ctx.log(f"{run_path}: finished earlier, skipped")
             return run_path
         raise RunDirError(f"{run_path}: finished with a different config; rerun with --force (moves it aside)")
-    run_experiment = _import("bfdl_tff.federated.runner", "run_experiment", what="federated runs")
     resume = run_path.exists() and cfg_file.is_file() and not ctx.force
     overwrite = ctx.force and run_path.exists()
     if resume and to_dict(load_config(cfg_file)) != to_dict(cfg):
@@ -241,18 +239,10 @@ def run_one(ctx: Context, cfg: ExperimentConfig, run_path: Path) -> Path:
     rd = RunDir.create(run_path, cfg, resume=resume, overwrite=overwrite)
     ctx.log(f"{run_path}: {'resuming' if resume else 'starting'} arm={cfg.arm} seed={cfg.seed} "
             f"rounds={cfg.federated.rounds} hospitals={cfg.data.hospitals}")
-    hooks: list[Any] = []
-    if cfg.arm == "bfdl" and cfg.ledger.enabled:
-        attach_hooks = _import("bfdl_tff.integration.hook", "attach_hooks", what="B-FDL ledger hook")
-        hooks = list(attach_hooks(cfg, rd))
     t0 = time.perf_counter()
-    try:
-        run_experiment(cfg, rd, hooks=hooks, resume=resume)
-    finally:
-        for h in hooks:  # the hook closes itself in on_end; this covers a failed run
-            close = getattr(h, "close", None)
-            if callable(close):
-                close()
+    from bfdl_tff.experiment import train_arm
+
+    train_arm(cfg, rd, resume=resume, progress=True)
     if not summary.is_file():
         raise BfdlError(f"{run_path}: the runner finished without writing summary.json")
     ctx.log(f"{run_path}: done in {time.perf_counter() - t0:.1f}s")

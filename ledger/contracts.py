@@ -68,10 +68,10 @@ from typing import Any, Callable, NamedTuple
 
 from . import crypto
 from .tx import DEFAULT_CHAIN_ID, Transaction
+from .txkinds import ROLES, TX_KINDS
 
 __all__ = ["ContractState", "Genesis", "ROLES", "TxResult", "KINDS"]
 
-ROLES = ("hospital", "aggregator", "auditor", "admin")
 STATE_DOMAIN = b"bfdl-state-v2\x00"
 ROUNDS_DOMAIN = b"bfdl-rounds-v1\x00"
 SNAPSHOT_VERSION = 1
@@ -305,14 +305,14 @@ class ContractState:
             return _no("unauthorized", f"role {inst['role']} may not do this (needs {'/'.join(roles)})")
         return None
 
-    def _precheck(
-        self, tx: Transaction, roles: tuple[str, ...], required: set[str], optional: frozenset[str] = frozenset()
-    ) -> TxResult | None:
-        """The checks every contract call starts with: the sender's role, then the payload's fields."""
-        err = self._auth(tx.sender, roles)
+    def _precheck(self, tx: Transaction) -> TxResult | None:
+        """The checks every contract call starts with (its row of :data:`ledger.txkinds.TX_KINDS`):
+        the sender's role, then the payload's fields."""
+        kind = TX_KINDS[tx.kind]
+        err = self._auth(tx.sender, kind.roles)
         if err:
             return err
-        msg = _fields(tx.payload, required, optional)
+        msg = _fields(tx.payload, set(kind.required), kind.optional)
         return _no("bad_payload", msg) if msg else None
 
     def _active_admins(self) -> list[str]:
@@ -337,7 +337,7 @@ class ContractState:
 
     # ---- registry -----------------------------------------------------------------------------
     def _register(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._precheck(tx, ("admin",), {"role", "name", "pubkey"})
+        err = self._precheck(tx)
         if err:
             return err
         p = tx.payload
@@ -365,7 +365,7 @@ class ContractState:
         return _ok("registered", f"{p['role']} {p['name']}")
 
     def _revoke(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._precheck(tx, ("admin",), {"pubkey"})
+        err = self._precheck(tx)
         if err:
             return err
         p = tx.payload
@@ -395,7 +395,7 @@ class ContractState:
         return self._s["rounds"][str(r)], None
 
     def _round_open(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._precheck(tx, ("aggregator", "admin"), {"round"})
+        err = self._precheck(tx)
         if err:
             return err
         p = tx.payload
@@ -417,7 +417,7 @@ class ContractState:
         return _ok("opened", f"round {r}")
 
     def _commit_update(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._precheck(tx, ("hospital",), {"round", "commitment", "num_examples"}, frozenset({"salt_hash"}))
+        err = self._precheck(tx)
         if err:
             return err
         p = tx.payload
@@ -449,7 +449,7 @@ class ContractState:
         return _ok("accepted", f"commitment for round {p['round']}")
 
     def _global_model(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._precheck(tx, ("aggregator", "admin"), {"round", "model_hash"}, frozenset({"checkpoint_address", "checkpoint_sha256"}))
+        err = self._precheck(tx)
         if err:
             return err
         p = tx.payload
@@ -467,7 +467,7 @@ class ContractState:
         return _ok("recorded", f"global model of round {p['round']}")
 
     def _privacy_record(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._precheck(tx, ("aggregator", "admin"), {"round", "epsilon", "delta", "accountant", "noise_multiplier"})
+        err = self._precheck(tx)
         if err:
             return err
         p = tx.payload
@@ -500,7 +500,7 @@ class ContractState:
         return _ok("recorded", f"epsilon {eps} after round {p['round']}")
 
     def _metrics_record(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._precheck(tx, ("aggregator", "admin"), {"round", "metrics"})
+        err = self._precheck(tx)
         if err:
             return err
         p = tx.payload
@@ -520,7 +520,7 @@ class ContractState:
         return _ok("recorded", f"metrics of round {p['round']}")
 
     def _round_close(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._precheck(tx, ("aggregator", "admin"), {"round"})
+        err = self._precheck(tx)
         if err:
             return err
         p = tx.payload
@@ -541,7 +541,7 @@ class ContractState:
         return _ok("closed", f"round {p['round']} with {len(rnd['commitments'])} commitments")
 
     def _access_request(self, tx: Transaction, height: int, ts: int) -> TxResult:
-        err = self._precheck(tx, ("hospital",), {"round"})
+        err = self._precheck(tx)
         if err:
             return err
         p = tx.payload
@@ -726,7 +726,4 @@ class StateCheckpoint:
         return self._bytes
 
 
-KINDS = (
-    "registry.register", "registry.revoke", "round.open", "round.commit_update", "round.global_model",
-    "privacy.record", "metrics.record", "round.close", "access.request_summary",
-)
+KINDS = tuple(TX_KINDS)

@@ -16,7 +16,9 @@ import json
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one arm (centralized | federated | bfdl) of an experiment config")
     p.add_argument("--config", required=True, help="experiment config: a YAML path or a name under configs/experiments/ (e.g. smoke)")
-    p.add_argument("--arm", choices=("centralized", "federated", "bfdl"), default=None, help="override the config's arm")
+    from bfdl_tff.config import ARMS
+
+    p.add_argument("--arm", choices=ARMS, default=None, help="override the config's arm")
     p.add_argument("--out", default=None, help="run directory (default runs/<name>-<arm>-s<seed>)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
@@ -49,20 +51,9 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out or str(default_run_dir(cfg))
     rd = RunDir.create(out, cfg, resume=args.resume, overwrite=args.overwrite)
 
-    from bfdl_tff.federated.runner import run_experiment
+    from bfdl_tff.experiment import train_arm
 
-    hooks: list = []
-    if cfg.arm == "bfdl" and cfg.ledger.enabled:
-        from bfdl_tff.integration.hook import attach_hooks
-
-        hooks = attach_hooks(cfg, rd)
-    try:
-        summary = run_experiment(cfg, rd, hooks=hooks, resume=args.resume, progress=not args.quiet)
-    finally:
-        for h in hooks:
-            close = getattr(h, "close", None)
-            if callable(close):
-                close()
+    summary = train_arm(cfg, rd, resume=args.resume, progress=not args.quiet)
     brief = {
         k: summary.get(k)
         for k in ("arm", "rounds", "final_macro_auc", "final_micro_auc", "f1_macro", "all_negative_accuracy",

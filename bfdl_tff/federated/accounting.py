@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from bfdl_tff.errors import BfdlError
+from bfdl_tff.errors import BfdlError, ConfigError
 
 Accountant = Literal["rdp", "pld"]
 
@@ -215,6 +215,13 @@ class PrivacySchedule:
             )
         raise ValueError(f"unknown privacy mode {self.mode!r}")
 
+    def to_record(self) -> dict:
+        """What the run directory's ``privacy.json`` holds (read by attacks, audit, report)."""
+        rec = dict(self.__dict__)
+        rec["num_examples"] = list(self.num_examples)
+        rec["epsilon"] = self.epsilon_after(self.rounds) if self.mode != "none" else None
+        return rec
+
     def calibrated(self, target_epsilon: float, *, max_noise_multiplier: float = 100.0) -> "PrivacySchedule":
         z = calibrate_noise(
             target_epsilon,
@@ -223,6 +230,42 @@ class PrivacySchedule:
             max_noise_multiplier=max_noise_multiplier,
         )
         return PrivacySchedule(**{**self.__dict__, "noise_multiplier": z})
+
+
+def schedule_for_config(cfg: Any, num_examples: Mapping[str, int], *, source: str) -> PrivacySchedule:
+    """The run's privacy schedule, with the noise multiplier calibrated to the target epsilon."""
+    p = cfg.privacy
+    mode = p.mode if cfg.arm == "bfdl" else "none"
+    k = len(num_examples)
+    cpr = cfg.federated.clients_per_round or k
+    n_k = tuple(int(v) for v in num_examples.values())
+    sched = PrivacySchedule(
+        mode=mode,
+        noise_multiplier=p.noise_multiplier,
+        delta=p.delta,
+        accountant=p.accountant,  # type: ignore[arg-type]
+        rounds=cfg.federated.rounds,
+        num_clients=k,
+        clients_per_round=cpr,
+        batch_size=cfg.federated.batch_size,
+        local_epochs=cfg.federated.local_epochs,
+        num_examples=n_k,
+    )
+    if mode == "none":
+        return sched
+    units = k if mode == "client" else min(n_k)
+    unit = "hospitals" if mode == "client" else "examples in the smallest hospital"
+    if p.delta >= 1.0 / units:
+        raise ConfigError(source, "privacy.delta", f"delta={p.delta} must be below 1/n = {1.0 / units:.3g} ({units} {unit})")
+    if p.noise_multiplier > 0:
+        return sched
+    try:
+        return sched.calibrated(p.target_epsilon, max_noise_multiplier=p.max_noise_multiplier)
+    except PrivacyBudgetError as e:
+        raise PrivacyBudgetError(
+            f"{source}: privacy.target_epsilon: {e} (mode={mode}, rounds={cfg.federated.rounds}, "
+            f"hospitals={k}, clients_per_round={cpr})"
+        ) from None
 
 
 def noise_table(
@@ -284,4 +327,5 @@ __all__ = [
     "federated_sample_level_epsilon",
     "noise_table",
     "sample_level_epsilon",
+    "schedule_for_config",
 ]

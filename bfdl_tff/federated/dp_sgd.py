@@ -81,6 +81,13 @@ def poisson_dp_sgd_dataset(
     return ds
 
 
+def round_dataset(image_set: Any, *, batch_size: int, local_epochs: int, rng: np.random.Generator,
+                  with_masks: bool = False) -> tf.data.Dataset:
+    """One hospital's DP-SGD steps for one round from its training ``ImageSet`` (hospital-side)."""
+    y = (image_set.y, image_set.mask) if with_masks else image_set.y
+    return poisson_dp_sgd_dataset(image_set.x, y, batch_size=batch_size, local_epochs=local_epochs, rng=rng)
+
+
 def dp_sgd_element_spec(batch_spec: Any) -> collections.OrderedDict:
     """Element spec of :func:`poisson_dp_sgd_dataset` from the model's ``(x, y)`` batch spec."""
     x_spec, y_spec = batch_spec
@@ -221,4 +228,4 @@ def build_dp_sgd_client_work(
     return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
 
 
-__all__ = ["build_dp_sgd_client_work", "dp_sgd_element_spec", "poisson_dp_sgd_dataset"]
+__all__ = ["build_dp_sgd_client_work", "dp_sgd_element_spec", "poisson_dp_sgd_dataset", "round_dataset"]

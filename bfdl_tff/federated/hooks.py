@@ -64,6 +64,11 @@ class RoundHook(Protocol):
 
     def on_end(self, summary: dict) -> None: ...
 
+    def close(self) -> None:
+        """Release resources (threads, ledger connections). Called by the runner in its
+        ``finally``, after ``on_end`` or after a failure; must be idempotent."""
+        ...
+
 
 class RecordingHook:
     """A hook that keeps everything it is given (for tests and debugging)."""
@@ -81,6 +86,9 @@ class RecordingHook:
 
     def on_end(self, summary: dict) -> None:
         self.summary = summary
+
+    def close(self) -> None:
+        self.closed = True
 
 
 __all__ = ["RecordingHook", "RoundContext", "RoundHook", "RunInfo"]

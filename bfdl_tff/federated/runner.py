@@ -42,16 +42,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bfdl_tff.config import ExperimentConfig
+from bfdl_tff.config import ARMS, ExperimentConfig
 from bfdl_tff.errors import BfdlError, ConfigError, DataError
 from bfdl_tff.federated import accounting
 from bfdl_tff.federated.hooks import RoundContext, RoundHook, RunInfo
 from bfdl_tff.hashing import weights_digest
-from bfdl_tff.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from bfdl_tff.io_utils import atomic_write_json, atomic_write_text
+from bfdl_tff.runs import load_weights_npz, save_weights_npz
 
 log = logging.getLogger("bfdl_tff.federated")
 
-ARMS = ("centralized", "federated", "bfdl")
 BASE_COLUMNS = [
     "round",
     "wall_s",
@@ -108,6 +108,9 @@ def load_data(cfg: ExperimentConfig, run_dir: Path, *, with_masks: bool) -> Fede
     # prepare_data uses cfg.data.manifests if set, else partitions into RUN_DIR/manifests.
     prepared = prep_mod.prepare_data(cfg.data, seed=seeds["partition"], manifest_dir=run_dir / "manifests")
     fed = fed_mod.load_federation(prepared.root, prepared.manifest_dir, image_size=cfg.data.image_size, with_masks=with_masks)
+    atomic_write_json(run_dir / "data.json", {"root": str(Path(prepared.root).resolve()),
+                                              "manifest_dir": str(Path(prepared.manifest_dir).resolve()),
+                                              "synthetic": bool(prepared.synthetic)})
     return FederationData(
         names=list(fed.names),
         train=dict(fed.train),
@@ -162,42 +165,6 @@ def validate_setup(cfg: ExperimentConfig, data: FederationData, model_cfg: Any, 
         raise ConfigError(source, "model", f"model has {model_cfg.num_findings} outputs, labels have {data.train[data.names[0]].y.shape[1]}")
     if cfg.federated.clients_per_round > len(data.names):
         raise ConfigError(source, "federated.clients_per_round", f"{cfg.federated.clients_per_round} > {len(data.names)} hospitals")
-
-
-def privacy_schedule(cfg: ExperimentConfig, data: FederationData, *, source: str) -> accounting.PrivacySchedule:
-    """The run's privacy schedule, with the noise multiplier calibrated to the target epsilon."""
-    p = cfg.privacy
-    mode = p.mode if cfg.arm == "bfdl" else "none"
-    k = len(data.names)
-    cpr = cfg.federated.clients_per_round or k
-    n_k = tuple(len(data.train[n]) for n in data.names)
-    sched = accounting.PrivacySchedule(
-        mode=mode,
-        noise_multiplier=p.noise_multiplier,
-        delta=p.delta,
-        accountant=p.accountant,  # type: ignore[arg-type]
-        rounds=cfg.federated.rounds,
-        num_clients=k,
-        clients_per_round=cpr,
-        batch_size=cfg.federated.batch_size,
-        local_epochs=cfg.federated.local_epochs,
-        num_examples=n_k,
-    )
-    if mode == "none":
-        return sched
-    units = k if mode == "client" else min(n_k)
-    unit = "hospitals" if mode == "client" else "examples in the smallest hospital"
-    if p.delta >= 1.0 / units:
-        raise ConfigError(source, "privacy.delta", f"delta={p.delta} must be below 1/n = {1.0 / units:.3g} ({units} {unit})")
-    if p.noise_multiplier > 0:
-        return sched
-    try:
-        return sched.calibrated(p.target_epsilon, max_noise_multiplier=p.max_noise_multiplier)
-    except accounting.PrivacyBudgetError as e:
-        raise accounting.PrivacyBudgetError(
-            f"{source}: privacy.target_epsilon: {e} (mode={mode}, rounds={cfg.federated.rounds}, "
-            f"hospitals={k}, clients_per_round={cpr})"
-        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,9 +280,9 @@ class FederatedEngine:
         k = self.data.names.index(name)
         ts = self.data.train[name]
         if self.algorithm.data_kind == "dp_sgd_steps":
-            y = (ts.y, ts.mask) if self.bundle.with_masks else ts.y
             rng = np.random.default_rng([self.seeds["data_shuffle"], round_num, k])
-            return dp_sgd.poisson_dp_sgd_dataset(ts.x, y, batch_size=f.batch_size, local_epochs=f.local_epochs, rng=rng)
+            return dp_sgd.round_dataset(ts, batch_size=f.batch_size, local_epochs=f.local_epochs, rng=rng,
+                                        with_masks=self.bundle.with_masks)
         return make_dataset(
             ts,
             batch_size=f.batch_size,
@@ -396,16 +363,12 @@ def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
                 p.unlink()
 
 
-def _save_npz(path: Path, arrays: Sequence[np.ndarray]) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **{f"w{i:04d}": np.asarray(a) for i, a in enumerate(arrays)})
-    atomic_write_bytes(path, buf.getvalue())
+_save_npz = save_weights_npz
+_load_npz = load_weights_npz
 
 
-def _load_npz(path: Path) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        keys = sorted(z.files)
-        return [z[k] for k in keys]
+def RunDir_write_privacy(run_path: Path, sched: accounting.PrivacySchedule) -> None:  # noqa: N802 - moves into RunDir users
+    atomic_write_json(run_path / "privacy.json", _json_safe(sched.to_record()))
 
 
 def _setup_logging(run_dir: Path) -> logging.Handler:
@@ -454,7 +417,8 @@ def run_experiment(
         if data is None:
             data = load_data(cfg, run_path, with_masks=registry.uses_masks(model_cfg))
         validate_setup(cfg, data, model_cfg, source=source)
-        sched = privacy_schedule(cfg, data, source=source)
+        sched = accounting.schedule_for_config(cfg, {n: len(data.train[n]) for n in data.names}, source=source)
+        RunDir_write_privacy(run_path, sched)
         return _run(cfg, run_path, data, model_cfg, sched, list(FINDINGS), hooks=hooks, resume=resume, progress=progress)
     finally:
         logging.getLogger("bfdl_tff").removeHandler(handler)
@@ -785,4 +749,4 @@ def _summary(cfg, run_path, rows, ev, sched, seeds, data, gw, wall, engine, num_
     return out
 
 
-__all__ = ["ARMS", "FederatedEngine", "FederationData", "RoundResult", "TrainingError", "load_data", "privacy_schedule", "run_experiment", "validate_setup", "write_metrics_csv"]
+__all__ = ["ARMS", "FederatedEngine", "FederationData", "RoundResult", "TrainingError", "load_data", "run_experiment", "validate_setup", "write_metrics_csv"]

@@ -42,18 +42,8 @@ from bfdl_tff.hashing import weights_digest
 from bfdl_tff.integration import ledger_api as L
 from bfdl_tff.integration.commitments import commit_update, npz_to_weights
 from bfdl_tff.io_utils import atomic_write_json, atomic_write_text
+from ledger.txkinds import TX_KINDS
 
-ALLOWED_ROLES = {
-    "registry.register": ("admin",),
-    "registry.revoke": ("admin",),
-    "round.open": ("aggregator", "admin"),
-    "round.commit_update": ("hospital",),
-    "round.global_model": ("aggregator", "admin"),
-    "privacy.record": ("aggregator", "admin"),
-    "metrics.record": ("aggregator", "admin"),
-    "round.close": ("aggregator", "admin"),
-    "access.request_summary": ("hospital",),
-}
 
 
 class AuditError(BfdlError):
@@ -208,7 +198,7 @@ def verify_run(run_dir: str | Path, *, admin_key: str | None = None, write: bool
         if not t.ok:
             continue
         who = reg.get(t.sender)
-        allowed = ALLOWED_ROLES.get(t.kind, ())
+        allowed = TX_KINDS[t.kind].roles if t.kind in TX_KINDS else ()
         if who is None or not who["active"] or who["role"] not in allowed:
             state_desc = "unregistered" if who is None else ("revoked" if not who["active"] else f"role {who['role']}")
             bad_signer = (t, f"accepted {t.kind} signed by {state_desc} key {t.sender[:16]}")

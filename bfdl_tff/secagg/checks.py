@@ -72,7 +72,8 @@ def protocol_step(allowed: tuple[enum.Enum, ...], then: enum.Enum | None) -> Cal
             try:
                 out = fn(self, *args, **kwargs)
             except SecAggError as exc:
-                self._abort(exc)
+                if self.abort_reason is None:  # nested steps abort once
+                    self._abort(exc)
                 raise
             if then is not None:
                 self.state = then

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
-from typing import Mapping, TypeVar
+from typing import Callable, Mapping, TypeVar
 
 import numpy as np
 
@@ -68,8 +68,17 @@ class SecAggClient:
     """One hospital's protocol state for one round."""
 
     def __init__(
-        self, *, params: RoundParams, me: int, signer: Signer, kx_key: KxKey, roster: Mapping[int, Participant]
+        self,
+        *,
+        params: RoundParams,
+        me: int,
+        signer: Signer,
+        kx_key: KxKey,
+        roster: Mapping[int, Participant],
+        entropy: Callable[[int], bytes] = os.urandom,
     ) -> None:
+        """``entropy(n)`` -> n random bytes for the per-round keys and self-mask seed; the default
+        ``os.urandom`` is the only secure choice (tests pass a seeded source for reproducibility)."""
         if me not in params.participants:
             raise UnknownParticipantError(f"hospital {me} is not a participant of round {params.round}")
         missing = [i for i in params.participants if i not in roster]
@@ -78,7 +87,7 @@ class SecAggClient:
         if roster[me].sign_public != signer.public_key() or roster[me].kx_public != kx_key.public_bytes():
             raise BadKeyError(f"hospital {me}: signer or kx key differs from the registered keys")
         self.params, self.me, self.roster = params, me, roster
-        self._signer, self._kx = signer, kx_key
+        self._signer, self._kx, self._entropy = signer, kx_key, entropy
         self.ring = Ring(params.bits)
         self.state = S.INIT
         self.abort_reason: str | None = None
@@ -110,7 +119,8 @@ class SecAggClient:
     # ------------------------------------------------------------------ round 0
     @protocol_step((S.INIT,), S.ADVERTISED)
     def advertise(self) -> KeyAdvertisement:
-        self._c, self._s = KxKey.generate(), KxKey.generate()
+        self._c = KxKey.from_private_bytes(self._entropy(32))
+        self._s = KxKey.from_private_bytes(self._entropy(32))
         msg = KeyAdvertisement(
             run_id=self.params.run_id, round=self.params.round, sender=self.me,
             kx_public=self._kx.public_bytes(), c_public=self._c.public_bytes(), s_public=self._s.public_bytes(),
@@ -131,7 +141,7 @@ class SecAggClient:
             raise TooFewSurvivorsError(
                 f"{what}: {len(holders)} share holders advertised keys, fewer than t = {self.params.threshold}"
             )
-        self._seed = os.urandom(32)
+        self._seed = self._entropy(32)
         b_shares = shamir.split_bytes(self._seed, threshold=self.params.threshold, xs=holders)
         s_shares = shamir.split_bytes(self._s.private_bytes(), threshold=self.params.threshold, xs=holders)
         self._held[self.me] = (b_shares[self.me], s_shares[self.me])
@@ -182,6 +192,7 @@ class SecAggClient:
         out = MaskedInput(run_id=p.run_id, round=p.round, sender=self.me, peers=self._peers, vector=y)
         return _sign(out, self._signer, p)
 
+    @protocol_step((S.SHARED,), None)
     def masked_update(
         self, msg: ShareDelivery, update: np.ndarray, *, quantizer: Quantizer, rng: np.random.Generator | None = None
     ) -> MaskedInput:

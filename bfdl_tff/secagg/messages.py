@@ -29,7 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 import numpy as np
@@ -326,7 +326,3 @@ def decode(data: bytes) -> Message:
 def message_hash(msg: Message) -> str:
     """Hex SHA-256 of the wire bytes (what the transcript records)."""
     return sha256(encode(msg)).hex()
-
-
-def message_fields(msg: Message) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(msg))

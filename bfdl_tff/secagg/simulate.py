@@ -108,12 +108,19 @@ def run_round(
     drop_after_masked: Iterable[int] = (),
     drop_after_confirm: Iterable[int] = (),
     intercept: Intercept | None = None,
+    entropy: Mapping[int, Callable[[int], bytes]] | None = None,
 ) -> RoundReport:
-    """Run one round; ``inputs[i]`` is hospital i's quantised ring vector. See module docstring."""
+    """Run one round; ``inputs[i]`` is hospital i's quantised ring vector. See module docstring.
+
+    ``entropy[i]`` replaces hospital i's randomness source (tests only; default ``os.urandom``)."""
     hosp = {h.id: h for h in hospitals if h.id in params.participants}
     roster = roster_of(hosp.values())
     server = SecAggServer(params=params, roster=roster)
-    clients = {i: SecAggClient(params=params, me=i, signer=h.signer, kx_key=h.kx, roster=roster) for i, h in hosp.items()}
+    extra = {i: {"entropy": entropy[i]} if entropy and i in entropy else {} for i in hosp}
+    clients = {
+        i: SecAggClient(params=params, me=i, signer=h.signer, kx_key=h.kx, roster=roster, **extra[i])
+        for i, h in hosp.items()
+    }
     wire = _Wire(intercept)
     active = set(clients)
 

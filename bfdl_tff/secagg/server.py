@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -71,11 +71,20 @@ class AggregateResult:
 class SecAggServer:
     """The aggregator's protocol state for one round."""
 
-    def __init__(self, *, params: RoundParams, roster: Mapping[int, Participant]) -> None:
+    def __init__(
+        self,
+        *,
+        params: RoundParams,
+        roster: Mapping[int, Participant],
+        sum_fn: Callable[[Sequence[np.ndarray]], np.ndarray] | None = None,
+    ) -> None:
+        """``sum_fn(masked vectors) -> their sum mod 2^b`` replaces the numpy sum (wave 2: a TFF
+        server computation); it only ever receives the survivors' masked vectors."""
         missing = [i for i in params.participants if i not in roster]
         if missing:
             raise MalformedMessageError(f"roster lacks participants {missing}")
         self.params, self.roster, self.ring = params, roster, Ring(params.bits)
+        self._sum_fn = sum_fn
         self.state = S.ADVERTISE
         self.abort_reason: str | None = None
         self.transcript = Transcript(params=params.to_record(), params_digest=params.digest.hex(), protocol=params.protocol)
@@ -123,6 +132,11 @@ class SecAggServer:
     def close_advertisements(self) -> AdvertisedKeys:
         self._need(len(self._adverts), "hospitals advertised keys")
         self.transcript.advertised = sorted(self._adverts)
+        self.transcript.advertisements = [
+            {"sender": a.sender, "kx_public": a.kx_public.hex(), "c_public": a.c_public.hex(),
+             "s_public": a.s_public.hex(), "signature": a.signature.hex()}
+            for a in (self._adverts[i] for i in sorted(self._adverts))
+        ]
         out = AdvertisedKeys(run_id=self.params.run_id, round=self.params.round,
                              adverts=tuple(self._adverts[i] for i in sorted(self._adverts)))
         self._log("advertise", "out", None, out)
@@ -294,11 +308,21 @@ class SecAggServer:
             raise BadKeyError(f"{self._where()}: reconstructed key of {owner} does not match its advertised key")
         return key
 
+    def _masked_sum(self) -> np.ndarray:
+        vectors = [self._masked[v].vector for v in self.survivors]
+        if self._sum_fn is None:
+            total = self.ring.zeros(self.params.vector_length)
+            for v in vectors:
+                self.ring.add_(total, v)
+            return self.ring.reduce(total)
+        total = np.asarray(self._sum_fn(vectors))
+        if total.dtype != self.ring.dtype and total.dtype.kind in "iu":
+            total = self.ring.from_signed(total.astype(np.int64))  # e.g. an int64 sum from TensorFlow
+        return self.ring.check(total.copy(), self.params.vector_length, what=f"{self._where()}: sum_fn result")
+
     def _unmasked_sum(self, seeds: Mapping[int, bytes], s_keys: Mapping[int, KxKey]) -> np.ndarray:
         p, ring = self.params, self.ring
-        total = ring.zeros(p.vector_length)
-        for v in self.survivors:
-            ring.add_(total, self._masked[v].vector)
+        total = self._masked_sum()
         for v, seed in seeds.items():
             ring.sub_(total, ring.prg(seed, p.vector_length))
         for u, key in s_keys.items():

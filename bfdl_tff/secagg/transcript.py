@@ -2,7 +2,8 @@
 
 A :class:`Transcript` records, for one round: the parameters (and their digest), who advertised
 keys (U1), who sent shares (U2), who sent a masked input (U3), who confirmed the survivor list
-(U4), who answered the unmasking (U5), who dropped (U2 \\ U3), which holder revealed which kind of
+(U4), who answered the unmasking (U5), the signed key advertisements (so an auditor can check them
+against the registered identity keys and the revealed keys against them), who dropped (U2 \\ U3), which holder revealed which kind of
 share of which hospital, the SHA-256 and size of every message the server received or sent, the
 hash of the aggregate, and the abort reason if the round aborted. ``to_record()`` is plain JSON
 (a ledger transaction payload); :func:`audit_transcript` re-checks a record independently: no
@@ -18,6 +19,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from bfdl_tff.secagg.keys import verify_signature
+from bfdl_tff.secagg.messages import KeyAdvertisement
+
 SELF = "self_mask"
 PAIRWISE = "pairwise"
 
@@ -30,6 +34,7 @@ class Transcript:
     params_digest: str
     protocol: str
     advertised: list[int] = field(default_factory=list)
+    advertisements: list[dict[str, Any]] = field(default_factory=list)
     shared: list[int] = field(default_factory=list)
     masked: list[int] = field(default_factory=list)
     confirmed: list[int] = field(default_factory=list)
@@ -55,6 +60,7 @@ class Transcript:
             "params_digest": self.params_digest,
             "protocol": self.protocol,
             "advertised": sorted(self.advertised),
+            "advertisements": list(self.advertisements),
             "shared": sorted(self.shared),
             "masked": sorted(self.masked),
             "confirmed": sorted(self.confirmed),
@@ -72,9 +78,17 @@ class Transcript:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def audit_transcript(record: Mapping[str, Any]) -> list[str]:
-    """Problems found in a transcript record (empty list = consistent). Independent of the server."""
+def audit_transcript(record: Mapping[str, Any], *, identity_keys: Mapping[int, bytes] | None = None) -> list[str]:
+    """Problems found in a transcript record (empty list = consistent). Independent of the server.
+
+    With ``identity_keys`` (hospital id -> Ed25519 public key, e.g. from the ledger registry) the
+    recorded key advertisements' signatures are verified as well."""
     problems: list[str] = []
+    text = json.dumps(record["params"], sort_keys=True, separators=(",", ":"))
+    if hashlib.sha256(text.encode("utf-8")).hexdigest() != record["params_digest"]:
+        problems.append("params_digest is not the SHA-256 of the recorded parameters")
+    if identity_keys is not None:
+        problems += _check_advertisements(record, identity_keys)
     threshold = int(record["params"]["threshold"])
     masked = set(record["masked"])
     dropped = set(record["dropped"])
@@ -104,4 +118,22 @@ def audit_transcript(record: Mapping[str, Any]) -> list[str]:
                 problems.append(f"pairwise secret of {owner} reconstructed from {pair_count.get(owner, 0)} < t shares")
         if len(masked) < threshold:
             problems.append(f"{len(masked)} survivors are fewer than t = {threshold}")
+    return problems
+
+
+def _check_advertisements(record: Mapping[str, Any], identity_keys: Mapping[int, bytes]) -> list[str]:
+    problems = []
+    digest = bytes.fromhex(record["params_digest"])
+    params = record["params"]
+    for adv in record.get("advertisements", []):
+        msg = KeyAdvertisement(
+            run_id=params["run_id"], round=params["round"], sender=adv["sender"],
+            kx_public=bytes.fromhex(adv["kx_public"]), c_public=bytes.fromhex(adv["c_public"]),
+            s_public=bytes.fromhex(adv["s_public"]), signature=bytes.fromhex(adv["signature"]),
+        )
+        key = identity_keys.get(msg.sender)
+        if key is None or not verify_signature(key, msg.signature, msg.signed_payload(digest)):
+            problems.append(f"key advertisement of hospital {msg.sender} does not verify against its identity key")
+    if sorted(a["sender"] for a in record.get("advertisements", [])) != sorted(record["advertised"]):
+        problems.append("advertisements do not match the advertised set U1")
     return problems

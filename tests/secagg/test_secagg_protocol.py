@@ -173,3 +173,41 @@ def test_transcript_audit_flags_both_shares_of_one_hospital(hospitals10):
     problems = audit_transcript(record)
     assert any("both the self-mask and the pairwise-secret shares of hospital 2" in p for p in problems)
     assert any("did not survive" in p for p in problems)
+
+
+def test_transcript_advertisements_verify_against_the_identity_keys(hospitals10):
+    params = make_params(3, threshold=2)
+    _, _, qs = quantised_inputs(3, params.vector_length, seed=9)
+    record = run_round(params, hospitals10[:3], qs).result.transcript
+    keys = {h.id: h.signer.public_key() for h in hospitals10[:3]}
+    assert audit_transcript(record, identity_keys=keys) == []
+    keys[2] = hospitals10[5].signer.public_key()
+    assert audit_transcript(record, identity_keys=keys) == [
+        "key advertisement of hospital 2 does not verify against its identity key"]
+    record["params"]["threshold"] = 3
+    assert "params_digest is not the SHA-256 of the recorded parameters" in audit_transcript(record)
+
+
+def test_the_server_sum_computation_receives_only_masked_vectors(hospitals10):
+    # The boundary wave 2 replaces by a TFF computation: record everything that crosses into it.
+    params = make_params(3, threshold=2, n=2048)
+    quant, _, qs = quantised_inputs(3, 2048, seed=10)
+    crossed: list[np.ndarray] = []
+
+    def tff_like_sum(vectors):  # an int64 sum as a TensorFlow computation would return it
+        crossed.extend(v.copy() for v in vectors)
+        return np.sum([v.astype(np.int64) for v in vectors], axis=0)
+
+    from bfdl_tff.secagg.server import SecAggServer
+    import bfdl_tff.secagg.simulate as sim
+
+    original = sim.SecAggServer
+    sim.SecAggServer = lambda **kw: SecAggServer(sum_fn=tff_like_sum, **kw)
+    try:
+        report = run_round(params, hospitals10[:3], qs, drop_after_shares=[3])
+    finally:
+        sim.SecAggServer = original
+    assert np.array_equal(report.result.vector, plain_sum(quant, qs, [1, 2]))
+    assert len(crossed) == 2
+    for v in crossed:
+        assert all(np.count_nonzero(v == q) <= 2 for q in qs.values())

@@ -18,6 +18,7 @@ from bfdl_tff.secagg.errors import (
     DoubleRevealError,
     DuplicateMessageError,
     KxKeyStoreError,
+    LateMessageError,
     MalformedMessageError,
     MalformedVectorError,
     ProtocolStateError,
@@ -39,7 +40,7 @@ from bfdl_tff.secagg.transcript import Transcript, audit_transcript
 __all__ = [
     "AggregateResult", "BadKeyError", "BadSignatureError", "ClientState", "DecryptionError",
     "DoubleRevealError", "DuplicateMessageError", "Ed25519Signer", "KxKey", "KxKeyStore",
-    "KxKeyStoreError", "MalformedMessageError", "MalformedVectorError", "Participant",
+    "KxKeyStoreError", "LateMessageError", "MalformedMessageError", "MalformedVectorError", "Participant",
     "ProtocolStateError", "QuantizationError", "Quantizer", "ReconstructionError", "ReplayError",
     "Ring", "RoundParams", "SecAggClient", "SecAggError", "SecAggServer", "ServerState", "Signer",
     "TooFewSurvivorsError", "Transcript", "UnknownParticipantError", "audit_transcript", "bits_for",

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable, TypeVar
 from bfdl_tff.secagg.errors import (
     BadSignatureError,
     DuplicateMessageError,
+    LateMessageError,
     MalformedMessageError,
     ProtocolStateError,
     ReplayError,
@@ -52,15 +53,29 @@ def check_sorted_unique(ids: tuple[int, ...], what: str) -> None:
         raise MalformedMessageError(f"{what}: hospital list {list(ids)} is not sorted and unique")
 
 
-def protocol_step(allowed: tuple[enum.Enum, ...], then: enum.Enum | None) -> Callable[[F], F]:
+def _is_late(state: enum.Enum, allowed: tuple[enum.Enum, ...]) -> bool:
+    order = list(type(state))  # states are declared in protocol order; ABORTED last
+    return state.name != "ABORTED" and order.index(state) > max(order.index(a) for a in allowed)
+
+
+def protocol_step(allowed: tuple[enum.Enum, ...], then: enum.Enum | None, *, late_ok: bool = False) -> Callable[[F], F]:
     """Decorate a state-machine method: enforce the state, abort on any SecAggError, advance.
 
-    ``then = None`` keeps the state (a message collected within a step). The instance provides
-    ``state``, ``_abort(exc)`` and ``_where()``."""
+    ``then = None`` keeps the state (a message collected within a step). With ``late_ok``, a
+    message that arrives after its step closed (a straggler, e.g. a hospital already counted as
+    dropped) raises :class:`LateMessageError` and is ignored without aborting the round; any
+    other out-of-order call aborts. The instance provides ``state``, ``abort_reason``,
+    ``_abort(exc)`` and ``_where()``."""
 
     def deco(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if late_ok and _is_late(self.state, allowed):
+                late = LateMessageError(
+                    f"{self._where()}: {fn.__name__} after its step closed (state {self.state.value}); ignored"
+                )
+                log.info("%s", late)
+                raise late
             if self.state not in allowed:
                 exc = ProtocolStateError(
                     f"{self._where()}: {fn.__name__} not allowed in state {self.state.value}"

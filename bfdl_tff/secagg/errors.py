@@ -19,6 +19,10 @@ class ProtocolStateError(SecAggError):
     """A message or call arrived in the wrong protocol state (or after the round aborted)."""
 
 
+class LateMessageError(ProtocolStateError):
+    """A message arrived after its step closed; it is ignored and the round continues."""
+
+
 class MalformedMessageError(SecAggError):
     """A message cannot be decoded, or its fields have the wrong type, size or value."""
 

@@ -122,7 +122,7 @@ class SecAggServer:
         return tuple(sorted(self._masked))
 
     # ------------------------------------------------------------------ round 0
-    @protocol_step((S.ADVERTISE,), None)
+    @protocol_step((S.ADVERTISE,), None, late_ok=True)
     def receive_advertisement(self, msg: KeyAdvertisement) -> None:
         check_advert(msg, self.params, self.roster, self._adverts, f"{self._where()}: advertisement")
         self._adverts[msg.sender] = msg
@@ -143,7 +143,7 @@ class SecAggServer:
         return out
 
     # ------------------------------------------------------------------ round 1
-    @protocol_step((S.SHARE,), None)
+    @protocol_step((S.SHARE,), None, late_ok=True)
     def receive_shares(self, msg: ShareKeys) -> None:
         p, what = self.params, f"{self._where()}: shares"
         check_round(msg, p, what)
@@ -185,7 +185,7 @@ class SecAggServer:
         return out
 
     # ------------------------------------------------------------------ round 2
-    @protocol_step((S.MASKED,), None)
+    @protocol_step((S.MASKED,), None, late_ok=True)
     def receive_masked_input(self, msg: MaskedInput) -> None:
         p, what = self.params, f"{self._where()}: masked input"
         check_round(msg, p, what)
@@ -224,7 +224,7 @@ class SecAggServer:
         return out
 
     # ------------------------------------------------------------------ round 3 (optional)
-    @protocol_step((S.CONFIRM,), None)
+    @protocol_step((S.CONFIRM,), None, late_ok=True)
     def receive_confirmation(self, msg: SurvivorSignature) -> None:
         p, what = self.params, f"{self._where()}: survivor confirmation"
         check_round(msg, p, what)
@@ -243,7 +243,7 @@ class SecAggServer:
         return self._unmask_request()
 
     # ------------------------------------------------------------------ round 4
-    @protocol_step((S.UNMASK,), None)
+    @protocol_step((S.UNMASK,), None, late_ok=True)
     def receive_unmask_response(self, msg: UnmaskResponse) -> None:
         p, what = self.params, f"{self._where()}: unmask response"
         check_round(msg, p, what)

@@ -11,7 +11,7 @@ import pytest
 from bfdl_tff.secagg.client import ClientState, SecAggClient
 from bfdl_tff.secagg.errors import (
     BadKeyError, BadSignatureError, DecryptionError, DoubleRevealError, DuplicateMessageError,
-    MalformedMessageError, MalformedVectorError, ProtocolStateError, QuantizationError, ReplayError,
+    LateMessageError, MalformedMessageError, MalformedVectorError, ProtocolStateError, QuantizationError, ReplayError,
     TooFewSurvivorsError, UnknownParticipantError,
 )
 from bfdl_tff.secagg.messages import (
@@ -251,6 +251,44 @@ def test_out_of_order_calls_are_protocol_state_errors(k3):
     with pytest.raises(ProtocolStateError, match="unmask not allowed in state init"):
         client.unmask(UnmaskRequest(params.run_id, params.round, (1, 2), ()))
     assert client.state is ClientState.ABORTED
+
+
+def test_a_late_masked_input_is_ignored_and_the_round_completes(k3):
+    # Hospital 3 is counted as dropped; its masked input arrives after the step closed.
+    params, hosp, qs = k3
+    roster = roster_of(hosp)
+    server = SecAggServer(params=params, roster=roster)
+    clients = {h.id: SecAggClient(params=params, me=h.id, signer=h.signer, kx_key=h.kx, roster=roster) for h in hosp}
+    for c in clients.values():
+        server.receive_advertisement(c.advertise())
+    adverts = server.close_advertisements()
+    for c in clients.values():
+        server.receive_shares(c.share_keys(adverts))
+    deliveries = server.close_shares()
+    masked = {i: c.masked_input(deliveries[i], qs[i]) for i, c in clients.items()}
+    server.receive_masked_input(masked[1])
+    server.receive_masked_input(masked[2])
+    survivors = server.close_masked_inputs()
+    with pytest.raises(LateMessageError, match="after its step closed"):
+        server.receive_masked_input(masked[3])
+    assert server.state is ServerState.CONFIRM and server.abort_reason is None
+    for i in (1, 2):
+        server.receive_confirmation(clients[i].confirm_survivors(survivors))
+    request = server.close_confirmations()
+    for i in (1, 2):
+        server.receive_unmask_response(clients[i].unmask(request))
+    result = server.finish()
+    assert result.survivors == (1, 2) and result.dropped == (3,)
+    with pytest.raises(LateMessageError):  # after DONE too: ignored, the result stands
+        server.receive_masked_input(masked[3])
+
+
+def test_a_message_before_its_step_aborts(k3):
+    params, hosp, _ = k3
+    server = SecAggServer(params=params, roster=roster_of(hosp))
+    with pytest.raises(ProtocolStateError, match="receive_unmask_response not allowed"):
+        server.receive_unmask_response(UnmaskResponse(params.run_id, params.round, 1, (), ()))
+    assert server.state is ServerState.ABORTED
 
 
 # ---------------------------------------------------------------- unmasking

@@ -117,3 +117,16 @@ def test_bits_for_picks_the_smallest_sufficient_width():
     b = bits_for(max_summands=10, clip=1.0, step=1e-6)
     assert Quantizer(bits=b, clip=1.0, max_summands=10).step <= 1e-6
     assert Quantizer(bits=b - 1, clip=1.0, max_summands=10).step > 1e-6
+
+
+def test_distributed_noise_sums_to_the_central_variance():
+    from bfdl_tff.secagg.noise import add_distributed_noise, distributed_noise_stddev
+
+    assert distributed_noise_stddev(2.0, contributors=4) == 1.0
+    rng = np.random.default_rng(3)
+    k, n, sigma = 10, 200_000, 0.5
+    total = sum(add_distributed_noise(np.zeros(n), central_stddev=sigma, contributors=k, rng=rng) for _ in range(k))
+    # sample variance of n draws: relative standard error sqrt(2/n) = 0.3 %; allow 5 of them
+    assert abs(total.var() / sigma**2 - 1) < 5 * np.sqrt(2 / n)
+    with pytest.raises(ValueError, match="contributors"):
+        distributed_noise_stddev(1.0, contributors=0)

@@ -24,7 +24,7 @@ from bfdl_tff.secagg.keys import KEY_BYTES
 PROTOCOL_VERSION = "bfdl-secagg/1"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Participant:
     """A hospital on the roster: protocol id (>= 1, the Shamir x-coordinate), name and keys.
 
@@ -49,7 +49,7 @@ def default_threshold(holders: int) -> int:
     return holders // 2 + 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RoundParams:
     """Everything the parties must agree on for one round; its digest is bound into every signature.
 

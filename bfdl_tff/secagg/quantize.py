@@ -52,7 +52,7 @@ def bits_for(*, max_summands: int, clip: float, step: float) -> int:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Quantizer:
     """Quantise float vectors to Z_{2^bits} so that the sum of ``max_summands`` never wraps."""
 

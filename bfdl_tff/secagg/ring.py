@@ -3,7 +3,8 @@
 A :class:`Ring` fixes the bit width ``b`` (8 <= b <= 64). Elements are stored as ``uint32`` when
 ``b <= 32`` and ``uint64`` otherwise, so numpy's wrapping unsigned arithmetic computes modulo
 2^32 / 2^64 and a final ``& (2^b - 1)`` reduces to ``2^b`` (exact: 2^b divides 2^32 or 2^64).
-On the wire an element takes 4 bytes (b <= 32) or 8 bytes, little-endian.
+On the wire (:mod:`bfdl_tff.secagg.messages`) an element takes 4 bytes (b <= 32) or 8 bytes,
+little-endian.
 
 Masks are expanded from a 32-byte seed by the ChaCha20 stream cipher of ``cryptography``
 (key = seed, 128-bit all-zero initial counter/nonce: every seed is used for exactly one stream,
@@ -97,17 +98,6 @@ class Ring:
                 f"{what}: element {int(v.max())} is outside the modulus 2^{self.bits}"
             )
         return v
-
-    def to_bytes(self, v: np.ndarray) -> bytes:
-        return v.astype(self.dtype.newbyteorder("<"), copy=False).tobytes()
-
-    def from_bytes(self, data: bytes, n: int, *, what: str) -> np.ndarray:
-        if len(data) != n * self.word_bytes:
-            raise MalformedVectorError(
-                f"{what}: {len(data)} bytes is not {n} elements of {self.word_bytes} bytes"
-            )
-        v = np.frombuffer(data, dtype=self.dtype.newbyteorder("<")).astype(self.dtype)
-        return self.check(v, n, what=what)
 
     def to_signed(self, v: np.ndarray) -> np.ndarray:
         """Interpret elements as two's-complement b-bit integers (int64)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -109,13 +109,15 @@ def run_round(
     drop_after_confirm: Iterable[int] = (),
     intercept: Intercept | None = None,
     entropy: Mapping[int, Callable[[int], bytes]] | None = None,
+    sum_fn: Callable[[Sequence[np.ndarray]], np.ndarray] | None = None,
 ) -> RoundReport:
     """Run one round; ``inputs[i]`` is hospital i's quantised ring vector. See module docstring.
 
-    ``entropy[i]`` replaces hospital i's randomness source (tests only; default ``os.urandom``)."""
+    ``entropy[i]`` replaces hospital i's randomness source (tests only; default ``os.urandom``);
+    ``sum_fn`` is passed to :class:`SecAggServer` (the server's summation of masked vectors)."""
     hosp = {h.id: h for h in hospitals if h.id in params.participants}
     roster = roster_of(hosp.values())
-    server = SecAggServer(params=params, roster=roster)
+    server = SecAggServer(params=params, roster=roster, sum_fn=sum_fn)
     extra = {i: {"entropy": entropy[i]} if entropy and i in entropy else {} for i in hosp}
     clients = {
         i: SecAggClient(params=params, me=i, signer=h.signer, kx_key=h.kx, roster=roster, **extra[i])

@@ -21,7 +21,7 @@ from bfdl_tff.secagg.messages import (
 from bfdl_tff.secagg.quantize import Quantizer
 from bfdl_tff.secagg.server import SecAggServer, ServerState
 from bfdl_tff.secagg.simulate import roster_of, run_round
-from conftest import make_params, quantised_inputs  # tests/secagg/conftest.py
+from secagg_helpers import make_params, quantised_inputs
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from bfdl_tff.secagg.keys import KxKey
 from bfdl_tff.secagg.messages import MaskedInput, UnmaskResponse
 from bfdl_tff.secagg.simulate import run_round
 from bfdl_tff.secagg.transcript import audit_transcript
-from conftest import make_params, plain_sum, quantised_inputs, seeded_entropy  # tests/secagg/conftest.py
+from secagg_helpers import make_params, plain_sum, quantised_inputs, seeded_entropy
 
 
 @pytest.mark.parametrize(
@@ -198,15 +198,7 @@ def test_the_server_sum_computation_receives_only_masked_vectors(hospitals10):
         crossed.extend(v.copy() for v in vectors)
         return np.sum([v.astype(np.int64) for v in vectors], axis=0)
 
-    from bfdl_tff.secagg.server import SecAggServer
-    import bfdl_tff.secagg.simulate as sim
-
-    original = sim.SecAggServer
-    sim.SecAggServer = lambda **kw: SecAggServer(sum_fn=tff_like_sum, **kw)
-    try:
-        report = run_round(params, hospitals10[:3], qs, drop_after_shares=[3])
-    finally:
-        sim.SecAggServer = original
+    report = run_round(params, hospitals10[:3], qs, drop_after_shares=[3], sum_fn=tff_like_sum)
     assert np.array_equal(report.result.vector, plain_sum(quant, qs, [1, 2]))
     assert len(crossed) == 2
     for v in crossed:

@@ -1,4 +1,4 @@
-"""Hospital side of secure aggregation: an explicit state machine (Bonawitz et al. 2017, Fig. 4).
+"""Hospital side of secure aggregation (paper 3.1, 3.5): a state machine (Bonawitz et al. 2017, Fig. 4).
 
 States: ``INIT -> ADVERTISED -> SHARED -> MASKED [-> CONFIRMED] -> DONE``; any protocol error
 moves to ``ABORTED`` (logged, secrets dropped) and every later call raises

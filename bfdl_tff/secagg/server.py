@@ -1,4 +1,4 @@
-"""Server (aggregator) side of secure aggregation: an explicit state machine.
+"""Server (aggregator) side of secure aggregation (paper 3.1, 3.5): an explicit state machine.
 
 Bonawitz et al. (CCS 2017), Figure 4, with the SecAgg+ neighbour graph of Bell et al. (CCS 2020)
 as an option. States (each ``receive_*`` collects one message, each ``close_*`` ends a step - in

@@ -26,22 +26,24 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
 
 
 def part_toy(n_updates: int) -> None:
-    from bfdl_tff.privacy_eval import inversion as I
     from bfdl_tff.privacy_eval import membership as MI
     from bfdl_tff.privacy_eval import toy
+    from bfdl_tff.privacy_eval.inversion import AttackConfig
+    from bfdl_tff.privacy_eval.inversion_sweep import run_sweep
+    from bfdl_tff.privacy_eval.observation import DPSetting
 
     size = 16
     gal = [toy.toy_images(110, size, seed=10 + k) for k in range(3)]
     model = toy.tiny_model(size, seed=0)
-    cfg = I.AttackConfig(iterations=200, restarts=2)
+    cfg = AttackConfig(iterations=200, restarts=2)
     t0 = time.perf_counter()
-    rows, _ = I.run_sweep(
+    rows, _ = run_sweep(
         model, gal, batch_sizes=(1, 4), local_steps=(1, 4), n_updates=n_updates, client_lr=0.05,
-        dp=I.DPSetting("sample", 1.0, 1.0), cfg=cfg, seed=0, progress=lambda m: print("  " + m, flush=True),
+        dp=DPSetting("sample", 1.0, 1.0), cfg=cfg, seed=0, progress=lambda m: print("  " + m, flush=True),
     )
     print(f"toy inversion sweep: {time.perf_counter() - t0:.1f}s ({model.count_params()} params, {size} px)")
     print("target        B  steps  success       rate   [95% CI]         SSIM   PSNR  labels")
@@ -67,7 +69,8 @@ def part_toy(n_updates: int) -> None:
 
 def build_synthetic_run(base: Path, size: int = 64, n_images: int = 650) -> Path:
     from bfdl_tff.config import ExperimentConfig, from_dict
-    from bfdl_tff.data import loader, partition, synth
+    from bfdl_tff.data import loader, manifest, partition, synth
+    from bfdl_tff.federated.accounting import schedule_for_config
     from bfdl_tff.privacy_eval.run_attacks import model_builder
     from bfdl_tff.runs import RunDir
 
@@ -81,8 +84,12 @@ def build_synthetic_run(base: Path, size: int = 64, n_images: int = 650) -> Path
         "privacy": {"mode": "sample", "noise_multiplier": 1.1},
     })
     run = RunDir.create(base / "run", cfg)
-    w = model_builder(cfg)().get_weights()
-    np.savez(run.file("final_model.npz"), **{f"w{i:04d}": a for i, a in enumerate(w)})
+    run.save_model(model_builder(cfg)().get_weights())
+    run.write_data_record(root=base / "data", manifest_dir=base / "manifests", synthetic=True)
+    mdir = base / "manifests"
+    counts = {n: int((manifest.read_manifest(manifest.manifest_path(mdir, n))["split"] == "train").sum())
+              for n in manifest.hospital_names(mdir)}
+    run.write_privacy(schedule_for_config(cfg, counts, source=str(run.config_file)).to_record())
     return run.path
 
 
@@ -99,7 +106,10 @@ def part_run(run_dir: str | None) -> None:
         t0 = time.perf_counter()
         rc = cli.main(argv)
         print(f"bfdl {' '.join(argv[:2])} (defaults): rc={rc} {time.perf_counter() - t0:.1f}s", flush=True)
-    inv = json.loads((Path(run_dir) / "attacks" / "inversion.json").read_text())
+    from bfdl_tff.privacy_eval.run_attacks import result_file
+    from bfdl_tff.runs import RunDir
+
+    inv = json.loads(result_file(RunDir.open(run_dir), "inversion").read_text())
     print("inversion setting seconds:", round(inv["setting"].get("seconds", 0.0), 1))
     if tmp is not None:
         tmp.cleanup()

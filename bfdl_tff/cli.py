@@ -42,14 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bfdl-tff {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        modname = f"bfdl_tff.commands.{name}"
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:
-            if e.name == modname:
-                continue  # command not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f"bfdl_tff.commands.{name}").register(sub)
     return parser
 
 

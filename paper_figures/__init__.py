@@ -3,12 +3,22 @@
 One module per figure/table; each exposes ``NAME`` and ``generate(runs_root, out_dir) -> Output``
 and reads only result files (see :mod:`paper_figures.results`). :func:`generate_all` runs every
 module and writes ``figures_manifest.json`` (files written, files read, files missing).
+The report: :mod:`paper_figures.report`. Command line: ``python -m paper_figures``.
+
+Dependencies point one way (results -> figures): this package imports only the base layer of
+``bfdl_tff`` (``runs``, ``config``, ``io_utils``, ``errors``), never training code or TensorFlow,
+and ``bfdl_tff`` never imports it (``tests/test_architecture.py``).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import traceback
 from pathlib import Path
+
+from bfdl_tff.errors import BfdlError
+from bfdl_tff.io_utils import atomic_write_json
 
 MODULES: tuple[str, ...] = (
     "table33",
@@ -24,10 +34,6 @@ MODULES: tuple[str, ...] = (
 
 
 def generate_all(runs_root: str | Path, out_dir: str | Path, *, only: tuple[str, ...] = ()) -> dict:
-    from bfdl_tff.io_utils import atomic_write_json
-
-    import json
-
     runs_root, out_dir = Path(runs_root), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest: dict = {}
@@ -46,8 +52,6 @@ def generate_all(runs_root: str | Path, out_dir: str | Path, *, only: tuple[str,
             mod = importlib.import_module(f"paper_figures.{name}")
             res = mod.generate(runs_root, out_dir)
         except Exception as e:  # one broken figure must not stop the others
-            import traceback
-
             traceback.print_exc()
             errors.append(f"{name}: {type(e).__name__}: {e}")
             manifest[name] = {"name": name, "files": [], "sources": [], "missing": [], "error": errors[-1]}
@@ -59,8 +63,6 @@ def generate_all(runs_root: str | Path, out_dir: str | Path, *, only: tuple[str,
     manifest = {k: manifest[k] for k in MODULES if k in manifest}
     atomic_write_json(mfile, manifest)
     if errors:
-        from bfdl_tff.errors import BfdlError
-
         raise BfdlError(f"figures failed ({out_dir / 'figures_manifest.json'}): " + "; ".join(errors))
     return manifest
 

@@ -17,7 +17,8 @@ Layout of the runs root written by :mod:`bfdl_tff.reproduce` (``docs/reproductio
     runs/ledger_bench/bench.json    ledger benchmark (claims C4, C6)
     runs/privacy_budget/noise_for_eps1.json
 
-The arm of a run is read from its ``summary.json`` (``arm``), falling back to ``config.yaml``.
+Run files are named by :class:`bfdl_tff.runs.RunDir`; the arm of a run is read from its
+``summary.json`` (``arm``), falling back to ``config.yaml``.
 
 ``summary.json`` key names are resolved through :data:`ALIASES` (one place to adapt if the
 federated core names a key differently); per-finding AUC, epsilon per round and communication
@@ -34,7 +35,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
-import yaml
+
+from bfdl_tff.config import ARMS, to_dict
+from bfdl_tff.runs import RunDir
 
 FINDINGS: tuple[str, ...] = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
@@ -160,27 +163,44 @@ class Measured:
 
 @dataclass
 class Run:
-    """One run directory (``runs/<group>/<name>/``) and its result files."""
+    """One run directory (``runs/<group>/<name>/``) and its result files, named by
+    :class:`bfdl_tff.runs.RunDir` (the owner of the run layout)."""
 
-    path: Path
+    run_dir: RunDir
     summary: dict
-    config: dict
+    config: dict  # the resolved config.yaml as a mapping
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir.path
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.run_dir.name
 
     @property
     def summary_file(self) -> Path:
-        return self.path / "summary.json"
+        return self.run_dir.summary_file
 
     @property
     def metrics_file(self) -> Path:
-        return self.path / "metrics.csv"
+        return self.run_dir.metrics_file
+
+    @property
+    def environment_file(self) -> Path:
+        return self.run_dir.environment_file
+
+    @property
+    def config_file(self) -> Path:
+        return self.run_dir.config_file
 
     @property
     def ledger_summary_file(self) -> Path:
-        return self.path / "ledger" / "ledger_summary.json"
+        return self.run_dir.ledger_dir / "ledger_summary.json"
+
+    @property
+    def verify_file(self) -> Path:
+        return self.run_dir.audit_dir / "verify.json"
 
     @property
     def arm(self) -> str:
@@ -244,21 +264,19 @@ class Run:
         return None
 
     def attack_file(self, name: str) -> Path:
-        return self.path / "attacks" / name
+        return self.run_dir.attacks_dir / name
 
 
 def load_run(path: Path) -> Run | None:
-    """A run with a ``summary.json``; ``None`` for an unfinished or foreign directory."""
+    """A finished run (with ``summary.json``); ``None`` for an unfinished or foreign directory.
+    A run whose ``config.yaml`` does not load is an error naming the file."""
     path = Path(path)
-    s = path / "summary.json"
-    if not s.is_file():
+    if not (path / "config.yaml").is_file():
         return None
-    summary = read_json(s)
-    cfg: dict = {}
-    c = path / "config.yaml"
-    if c.is_file():
-        cfg = yaml.safe_load(c.read_text(encoding="utf-8")) or {}
-    return Run(path=path, summary=summary, config=cfg)
+    rd = RunDir.open(path)
+    if not rd.summary_file.is_file():
+        return None
+    return Run(run_dir=rd, summary=rd.summary(), config=to_dict(rd.config))
 
 
 def _natural_key(p: Path) -> list[Any]:
@@ -288,8 +306,7 @@ def by_arm(runs: Iterable[Run]) -> dict[str, list[Run]]:
 
 
 def ordered_arms(arms: Iterable[str]) -> list[str]:
-    from paper_figures.style import ARMS
-
+    """The paper's arms in :data:`bfdl_tff.config.ARMS` order, then any other arm found in the results."""
     arms = list(arms)
     return [a for a in ARMS if a in arms] + sorted(a for a in arms if a not in ARMS)
 

@@ -28,7 +28,8 @@ import seaborn as sns  # noqa: E402
 
 from bfdl_tff.io_utils import atomic_write_bytes, atomic_write_text  # noqa: E402
 
-ARMS: tuple[str, ...] = ("centralized", "federated", "bfdl")
+# Display names and colours per arm (keys: bfdl_tff.config.ARMS; other arms found in results get
+# their own name and EXTRA_COLORS).
 ARM_LABELS = {"centralized": "Centralized", "federated": "Federated (no ledger)", "bfdl": "B-FDL"}
 ARM_SHORT = {"centralized": "Central", "federated": "FL", "bfdl": "B-FDL"}
 ARM_COLORS = {"centralized": "#4C72B0", "federated": "#DD8452", "bfdl": "#55A868"}

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from bfdl_tff.config import ARMS
 from bfdl_tff.io_utils import atomic_write_text
 from paper_figures import results as R
 from paper_figures.common import Output
-from paper_figures.style import ARMS, arm_label, fmt, markdown_table, write_csv
+from paper_figures.style import arm_label, fmt, markdown_table, write_csv
 
 NAME = "table33"
 

@@ -12,6 +12,9 @@
 #                                                     are skipped unless --force
 #   scripts/reproduce_all.sh --list                   stages and profiles
 #
+# Profiles are configs/profiles/<name>.yaml; each names the experiment config under
+# configs/experiments/ that every run uses (docs/reproduction.md, "Profiles").
+#
 # Outputs: runs/ (run directories, logs/<stage>.log), results/ (REPORT.md, table33.{csv,md},
 # fig2..fig5 .{png,pdf,csv}, ledger_tables.*, communication.*, privacy_budget.*, stages.json).
 # Every stage runs in its own process with output to runs/logs/<stage>.log (never a pipe).

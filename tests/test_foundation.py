@@ -75,6 +75,12 @@ def test_every_checked_in_experiment_config_is_valid():
         load_config(f)
 
 
+def test_every_command_module_registers():
+    """Every command in cli.COMMAND_MODULES exists and registers its subcommand (none is skipped)."""
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    assert list(sub.choices) == list(cli.COMMAND_MODULES)
+
+
 def test_resolve_experiment_config_by_name(tmp_path):
     with pytest.raises(ConfigError, match="no such experiment config"):
         resolve_experiment_config("definitely-not-a-config")

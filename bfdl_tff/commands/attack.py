@@ -62,20 +62,17 @@ def _log(msg: str) -> None:
 
 
 def run_inversion(args: argparse.Namespace) -> int:
-    from bfdl_tff.privacy_eval import inversion as I
-    from bfdl_tff.privacy_eval.run_attacks import AttackError, inversion_on_run
+    from bfdl_tff.config import from_dict
+    from bfdl_tff.privacy_eval.options import InversionOptions
+    from bfdl_tff.privacy_eval.run_attacks import inversion_on_run
 
-    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) or None
-    for k in kinds or ():
-        if k not in I.TARGETS:
-            raise AttackError(f"--kinds: unknown target {k!r} (one of {', '.join(I.TARGETS)})")
+    opts = from_dict(InversionOptions, {
+        "n_updates": args.targets, "batch_sizes": list(args.batch_sizes), "local_steps": list(args.local_steps),
+        "iterations": args.iterations, "restarts": args.restarts, "tv_weight": args.tv_weight,
+        "label_mode": args.label_mode, "targets": [k.strip() for k in args.kinds.split(",") if k.strip()],
+        "noise_multiplier": args.noise_multiplier}, source="bfdl attack inversion")
     t0 = time.perf_counter()
-    res = inversion_on_run(
-        args.run, n_updates=args.targets, batch_sizes=args.batch_sizes, local_steps=args.local_steps,
-        iterations=args.iterations, restarts=args.restarts, tv_weight=args.tv_weight,
-        label_mode=args.label_mode, targets=kinds,
-        noise_multiplier=args.noise_multiplier, seed=args.seed, progress=_log,
-    )
+    res = inversion_on_run(args.run, opts, seed=args.seed, progress=_log)
     if not res["setting"].get("applicable", True):
         print(f"inversion: not applicable ({res['setting']['reason']})")
     for r in res["rows"]:
@@ -90,13 +87,15 @@ def run_inversion(args: argparse.Namespace) -> int:
 
 
 def run_membership(args: argparse.Namespace) -> int:
+    from bfdl_tff.config import from_dict
+    from bfdl_tff.privacy_eval.options import MembershipOptions
     from bfdl_tff.privacy_eval.run_attacks import membership_on_run
 
+    opts = from_dict(MembershipOptions, {"n_shadows": args.shadows, "max_per_class": args.max_per_class,
+                                         "shadow_epochs": args.shadow_epochs, "online": not args.offline},
+                     source="bfdl attack membership")
     t0 = time.perf_counter()
-    res = membership_on_run(
-        args.run, n_shadows=args.shadows, max_per_class=args.max_per_class, shadow_epochs=args.shadow_epochs,
-        online=not args.offline, seed=args.seed, progress=_log,
-    )
+    res = membership_on_run(args.run, opts, seed=args.seed, progress=_log)
     for name in ("loss_threshold", "lira"):
         r = res[name]
         print(

@@ -1,16 +1,22 @@
 """``bfdl figures --runs runs/ --out results/``: Table 3.3 and Figures 2-5 plus the ledger,
-communication and privacy-budget tables, regenerated from result files only (``paper_figures``).
+communication and privacy-budget tables, regenerated from result files only.
 
-Prints one line per figure/table with the files written and the result files that were missing
-(a missing input gives a "not measured" panel, never invented data). No TensorFlow import.
+The figures are drawn by the ``paper_figures`` package, which reads result files and never
+imports training code; ``bfdl_tff`` never imports it either (dependencies point one way: results
+-> figures). This command and the reproduction's figures/report stages run it as a subprocess,
+``python -m paper_figures figures|report --runs R --out O`` (:func:`run_paper_figures`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Sequence
 
-from bfdl_tff.errors import RunDirError
+from bfdl_tff.config import REPO_ROOT
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,45 +24,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", default="runs", help="runs root (default: runs)")
     p.add_argument("--out", default="results", help="output directory (default: results)")
     p.add_argument("--only", action="append", default=[], metavar="NAME",
-                   help="only this figure/table module (repeatable): " + ", ".join(_modules()))
+                   help="only this figure/table (repeatable; `python -m paper_figures figures --help` lists them)")
     p.set_defaults(func=run)
 
 
-def import_paper_figures():  # noqa: ANN201 - returns the package module
-    """``paper_figures`` lives at the repository root beside ``bfdl_tff``. An editable install made
-    before the package existed does not map it (rerun ``scripts/setup.sh --force``); fall back to
-    the repository root on ``sys.path`` so the command works either way."""
-    import importlib
-    import sys
-
-    try:
-        return importlib.import_module("paper_figures")
-    except ModuleNotFoundError as e:
-        if e.name != "paper_figures":
-            raise
-        from bfdl_tff.config import REPO_ROOT
-
-        sys.path.insert(0, str(REPO_ROOT))
-        return importlib.import_module("paper_figures")
+def paper_figures_argv(action: str, *, runs: Path, out: Path, options: Sequence[str] = ()) -> list[str]:
+    """The command line of ``python -m paper_figures ACTION`` (paths made absolute)."""
+    return [sys.executable, "-m", "paper_figures", action, "--runs", str(Path(runs).resolve()),
+            "--out", str(Path(out).resolve()), *options]
 
 
-def _modules() -> tuple[str, ...]:
-    return import_paper_figures().MODULES
+def run_paper_figures(action: str, *, runs: Path, out: Path, options: Sequence[str] = (),
+                      capture: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m paper_figures ACTION`` from the repository root (where the package lives).
+
+    Its output goes to this process's stdout/stderr, or is returned with ``capture=True``
+    (``paper_figures`` imports no TensorFlow, so a pipe is safe)."""
+    env = dict(os.environ, MPLBACKEND="Agg")
+    return subprocess.run(paper_figures_argv(action, runs=runs, out=out, options=options), cwd=REPO_ROOT, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=capture, text=True, check=False)
 
 
 def run(args: argparse.Namespace) -> int:
-    paper_figures = import_paper_figures()
-    runs = Path(args.runs)
-    if not runs.is_dir():
-        raise RunDirError(f"{runs}: runs directory not found (run scripts/reproduce_all.sh or bfdl train first)")
-    unknown = [n for n in args.only if n not in paper_figures.MODULES]
-    if unknown:
-        raise RunDirError(f"--only {', '.join(unknown)}: unknown figure (known: {', '.join(paper_figures.MODULES)})")
-    manifest = paper_figures.generate_all(runs, Path(args.out), only=tuple(args.only))
-    for name, d in manifest.items():
-        line = f"{name}: {', '.join(d['files'])}"
-        if d["missing"]:
-            line += f"  [not measured: missing {', '.join(d['missing'])}]"
-        print(line)
-    print(f"figures: wrote {Path(args.out) / 'figures_manifest.json'}")
-    return 0
+    options = [x for name in args.only for x in ("--only", name)]
+    return run_paper_figures("figures", runs=Path(args.runs), out=Path(args.out), options=options).returncode
+
+
+__all__ = ["paper_figures_argv", "register", "run", "run_paper_figures"]

@@ -1,7 +1,8 @@
 """``bfdl report --runs runs/ --out results/``: ``results/REPORT.md``, claims C1-C14 (paper vs
-this repository, with the result file behind every number; ``paper_figures.report``).
+this repository, with the result file behind every number) and ``expected_results.md``.
 
-Regenerates the figures first unless ``--no-figures`` (the report lists them). No TF import.
+Runs ``python -m paper_figures report`` as a subprocess (see :mod:`bfdl_tff.commands.figures`);
+it regenerates the figures first unless ``--no-figures``. No TensorFlow import.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bfdl_tff.errors import RunDirError
+from bfdl_tff.commands.figures import run_paper_figures
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,20 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bfdl_tff.commands.figures import import_paper_figures
+    options = ["--no-figures"] if args.no_figures else []
+    return run_paper_figures("report", runs=Path(args.runs), out=Path(args.out), options=options).returncode
 
-    paper_figures = import_paper_figures()
-    from paper_figures.report import build_expected_results, build_report
 
-    runs = Path(args.runs)
-    if not runs.is_dir():
-        raise RunDirError(f"{runs}: runs directory not found (run scripts/reproduce_all.sh or bfdl train first)")
-    out = Path(args.out)
-    if not args.no_figures:
-        paper_figures.generate_all(runs, out)
-    path = build_report(runs, out)
-    text = path.read_text(encoding="utf-8")
-    n_missing = text.count("not measured (missing")
-    print(f"report: wrote {path} ({n_missing} 'not measured' entries)")
-    print(f"report: wrote {build_expected_results(runs, out)} (README 'Expected results' section)")
-    return 0
+__all__ = ["register", "run"]

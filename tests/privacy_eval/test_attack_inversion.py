@@ -9,8 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bfdl_tff.privacy_eval import inversion as I
+from bfdl_tff.privacy_eval import inversion_sweep as S
+from bfdl_tff.privacy_eval import label_recovery as L
+from bfdl_tff.privacy_eval import observation as O
 from bfdl_tff.privacy_eval import toy
+from bfdl_tff.privacy_eval.inversion import AttackConfig, invert
 
 SIZE = 16
 
@@ -22,7 +25,7 @@ def setup():
     return model, galleries
 
 
-CFG = I.AttackConfig(iterations=150, restarts=1, seed=0)
+CFG = AttackConfig(iterations=150, restarts=1, seed=0)
 
 
 def test_local_update_is_minus_lr_times_gradient_and_restores_weights(setup):
@@ -31,9 +34,9 @@ def test_local_update_is_minus_lr_times_gradient_and_restores_weights(setup):
     model, gal = setup
     x, y = gal[0][0][:1], gal[0][1][:1]
     w0 = [v.numpy().copy() for v in model.trainable_variables]
-    u = I.local_update(model, x, y, client=I.ClientSetting(1, 1, lr=0.1))
+    u = O.local_update(model, x, y, client=O.ClientSetting(1, 1, lr=0.1))
     with tf.GradientTape() as tape:
-        loss = I.bce_mean(tf.constant(y), model(tf.constant(x)))
+        loss = O.bce_mean(tf.constant(y), model(tf.constant(x)))
     g = tape.gradient(loss, model.trainable_variables)
     for a, b in zip(u, g):
         np.testing.assert_allclose(a, -0.1 * b.numpy(), rtol=1e-4, atol=1e-7)
@@ -43,12 +46,12 @@ def test_local_update_is_minus_lr_times_gradient_and_restores_weights(setup):
 
 def test_idlg_sign_rule_recovers_multilabel_vectors_exactly(setup):
     model, gal = setup
-    bias = I.output_bias_index(model)
+    bias = L.output_bias_index(model)
     x, y = gal[1]
     hits = 0
     for i in range(20):
-        u = I.local_update(model, x[i : i + 1], y[i : i + 1], client=I.ClientSetting(1, 1, 0.05))
-        hits += int(np.array_equal(I.recover_labels_single(u, bias), y[i]))
+        u = O.local_update(model, x[i : i + 1], y[i : i + 1], client=O.ClientSetting(1, 1, 0.05))
+        hits += int(np.array_equal(L.recover_labels_single(u, bias), y[i]))
     assert hits == 20
 
 
@@ -56,20 +59,20 @@ def test_label_counts_from_a_batch_update(setup):
     import tensorflow as tf
 
     model, gal = setup
-    bias = I.output_bias_index(model)
+    bias = L.output_bias_index(model)
     x, y = gal[2]
     rng = np.random.default_rng(3)
     pick = rng.choice(len(x), 8, replace=False)
-    u = I.local_update(model, x[pick], y[pick], client=I.ClientSetting(8, 1, 0.05))
+    u = O.local_update(model, x[pick], y[pick], client=O.ClientSetting(8, 1, 0.05))
     mean_pred = np.mean(model(tf.constant(x[pick])).numpy(), axis=0)  # exact sigmoid mean
-    counts = I.recover_label_counts(u, bias, n_images=8, batch_size=8, client_lr=0.05, mean_prediction=mean_pred)
+    counts = L.recover_label_counts(u, bias, n_images=8, batch_size=8, client_lr=0.05, mean_prediction=mean_pred)
     np.testing.assert_array_equal(counts, y[pick].sum(axis=0))
 
 
 def test_batch1_plain_update_is_reconstructed(setup):
     model, gal = setup
-    row, ex = I.attack_setting(
-        model, gal, target="plain_update", client=I.ClientSetting(1, 1, 0.05), dp=None, n_updates=6,
+    row, ex = S.attack_setting(
+        model, gal, target="plain_update", client=O.ClientSetting(1, 1, 0.05), dp=None, n_updates=6,
         cfg=CFG, seed=1, keep_examples=2,
     )
     assert row.n_targets == 6
@@ -81,9 +84,9 @@ def test_batch1_plain_update_is_reconstructed(setup):
 def test_dp_noised_update_defeats_the_attack(setup):
     model, gal = setup
     for mode in ("sample", "client"):
-        row, _ = I.attack_setting(
-            model, gal, target="dp_update", client=I.ClientSetting(1, 1, 0.05),
-            dp=I.DPSetting(mode=mode, noise_multiplier=1.0, l2_clip=1.0), n_updates=4, cfg=CFG, seed=2,
+        row, _ = S.attack_setting(
+            model, gal, target="dp_update", client=O.ClientSetting(1, 1, 0.05),
+            dp=O.DPSetting(mode=mode, noise_multiplier=1.0, l2_clip=1.0), n_updates=4, cfg=CFG, seed=2,
         )
         assert row.successes == 0, row
         assert row.mean_ssim < 0.3 and row.mean_matching_loss > 0.5
@@ -95,9 +98,9 @@ def test_secure_sum_of_three_hospitals_defeats_the_attack_at_realistic_local_tra
     (At batch 1 / 1 step the sum of 3 one-image updates is a batch-3 gradient and IS inverted by a
     label-oracle attacker: secure aggregation hides attribution, not content; docs/privacy.md.)"""
     model, gal = setup
-    client = I.ClientSetting(4, 4, 0.05)
-    plain, _ = I.attack_setting(model, gal, target="plain_update", client=client, dp=None, n_updates=2, cfg=CFG, seed=3)
-    ssum, _ = I.attack_setting(model, gal, target="secure_sum", client=client, dp=None, n_updates=2, cfg=CFG, seed=3)
+    client = O.ClientSetting(4, 4, 0.05)
+    plain, _ = S.attack_setting(model, gal, target="plain_update", client=client, dp=None, n_updates=2, cfg=CFG, seed=3)
+    ssum, _ = S.attack_setting(model, gal, target="secure_sum", client=client, dp=None, n_updates=2, cfg=CFG, seed=3)
     assert ssum.n_targets == 3 * plain.n_targets == 96
     assert ssum.success_rate <= 0.15, ssum
     assert ssum.success_rate < plain.success_rate
@@ -107,7 +110,7 @@ def test_secure_sum_of_three_hospitals_defeats_the_attack_at_realistic_local_tra
 def test_grid_png_is_written(tmp_path, setup):
     _, gal = setup
     ex = {"plain_update": [(gal[0][0][i], gal[0][0][i]) for i in range(3)], "dp_update": []}
-    I.save_grid(ex, tmp_path / "g.png")
+    S.save_grid(ex, tmp_path / "g.png")
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -117,7 +120,7 @@ def test_label_blind_dlg_recovers_image_and_labels_of_one_image_update(setup):
 
     model, gal = setup
     x, y = gal[0][0][5:6], gal[0][1][5:6]
-    u = I.local_update(model, x, y, client=I.ClientSetting(1, 1, 0.05))
-    res = I.invert(model, u, None, n_images=1, cfg=I.AttackConfig(iterations=200, restarts=1, seed=4))
+    u = O.local_update(model, x, y, client=O.ClientSetting(1, 1, 0.05))
+    res = invert(model, u, None, n_images=1, cfg=AttackConfig(iterations=200, restarts=1, seed=4))
     assert M.ssim(np.clip(res.images[0], 0, 1), x[0]) > 0.5
     np.testing.assert_array_equal(res.labels[0], y[0])

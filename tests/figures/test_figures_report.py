@@ -17,7 +17,7 @@ import paper_figures
 from paper_figures.report import build_report
 from paper_figures.style import fmt
 
-FIXTURES = Path(__file__).parent / "fixtures" / "results" / "runs"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "results" / "runs"
 
 
 def _claim_rows(text: str) -> dict[str, list[str]]:

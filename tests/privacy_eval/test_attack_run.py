@@ -1,14 +1,14 @@
 """``bfdl attack inversion|membership --run RUN_DIR`` end to end on a tiny synthetic run
 directory (32 px small_cnn from the models registry, synthetic NIH-layout data, random weights
-as the "released" model). Checks the result files' keys (docs/INTERFACES.md) and the DP bound
-taken from the run's accountant output."""
+as the "released" model), written through ``RunDir`` as the runner writes it (released model,
+``data.json``, ``privacy.json`` from the accountant's schedule). Checks the result files' keys
+(docs/INTERFACES.md) and that the DP bound uses the run's recorded epsilon."""
 
 from __future__ import annotations
 
 import json
 import math
 
-import numpy as np
 import pytest
 
 from bfdl_tff import cli
@@ -34,6 +34,8 @@ def dataset(tmp_path_factory):
 
 
 def _make_run(base, name: str, arm: str, mode: str):
+    from bfdl_tff.data import manifest
+    from bfdl_tff.federated.accounting import schedule_for_config
     from bfdl_tff.privacy_eval.run_attacks import model_builder
 
     cfg = from_dict(ExperimentConfig, {
@@ -44,14 +46,18 @@ def _make_run(base, name: str, arm: str, mode: str):
         "privacy": {"mode": mode, "noise_multiplier": 1.1 if mode != "none" else 0.0},
     })
     run = RunDir.create(base / name, cfg)
-    weights = model_builder(cfg)().get_weights()
-    np.savez(run.file("final_model.npz"), **{f"w{i:04d}": w for i, w in enumerate(weights)})
+    run.save_model(model_builder(cfg)().get_weights())
+    run.write_data_record(root=base / "data", manifest_dir=base / "manifests", synthetic=True)
+    counts = {n: int((manifest.read_manifest(manifest.manifest_path(base / "manifests", n))["split"] == "train").sum())
+              for n in manifest.hospital_names(base / "manifests")}
+    run.write_privacy(schedule_for_config(cfg, counts, source=str(run.config_file)).to_record())
     return run
 
 
 def test_inversion_and_membership_commands_write_result_files(dataset, capsys):
     run = _make_run(dataset, "bfdl", "bfdl", "sample")
-    run.write_json("summary.json", {"epsilon": 2.5, "delta": 1e-5, "accountant": "rdp", "noise_multiplier": 1.1})
+    eps = run.privacy()["epsilon"]
+    assert eps > 0 and run.privacy()["noise_multiplier"] == 1.1
     rc = cli.main(["attack", "inversion", "--run", str(run.path), "--targets", "1", "--batch-sizes", "1",
                    "--local-steps", "1", "--iterations", "10", "--restarts", "1"])
     assert rc == 0
@@ -72,8 +78,8 @@ def test_inversion_and_membership_commands_write_result_files(dataset, capsys):
     assert MIA_KEYS <= set(mia["loss_threshold"]) and MIA_KEYS | {"n_shadows"} <= set(mia["lira"])
     assert mia["n_members"] == mia["n_nonmembers"] == 30
     b = mia["dp_bound"]
-    assert b["epsilon"] == 2.5 and b["epsilon_source"] == "summary.json"
-    expect = min(math.exp(2.5) * 0.01 + 1e-5, 1 - math.exp(-2.5) * (1 - 1e-5 - 0.01))
+    assert b["epsilon"] == eps and b["epsilon_source"] == "privacy.json"
+    expect = min(math.exp(eps) * 0.01 + 1e-5, 1 - math.exp(-eps) * (1 - 1e-5 - 0.01))
     assert b["tpr_bound_at_fpr_0.01"] == pytest.approx(expect)
 
 
@@ -90,7 +96,7 @@ def test_centralized_arm_has_no_update_channel_and_no_dp_bound(dataset):
 
 def test_errors_name_the_file(dataset, tmp_path, capsys):
     run = _make_run(dataset, "fed", "federated", "none")
-    run.file("final_model.npz").unlink()
+    run.final_model_file.unlink()
     assert cli.main(["attack", "membership", "--run", str(run.path)]) == 2
     assert "final_model.npz" in capsys.readouterr().err
     assert cli.main(["attack", "inversion", "--run", str(tmp_path / "nope")]) == 2

@@ -16,7 +16,7 @@ import pytest
 import paper_figures
 from paper_figures import results as R
 
-FIXTURES = Path(__file__).parent / "fixtures" / "results" / "runs"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "results" / "runs"
 
 EXPECTED = {
     "table33": ["table33.csv", "table33.md"],

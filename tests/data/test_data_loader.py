@@ -14,6 +14,7 @@ from PIL import Image
 from bfdl_tff.data import chestmnist, federation, loader, partition, synth
 from bfdl_tff.data.labels import FINDINGS
 from bfdl_tff.data.manifest import write_manifest
+from bfdl_tff.data.tasks import NIH_TASK
 from bfdl_tff.errors import DataError
 
 HEADER_2017 = synth.DATA_ENTRY_HEADER_2017
@@ -208,14 +209,15 @@ def test_chestmnist(tmp_path: Path):
     assert info["counts"] == {"train": 12, "val": 4, "test": 6}
     meta = loader.read_metadata(tmp_path / "exp")
     assert len(meta) == 22
-    back = loader.load_image_set(tmp_path / "exp", _manifest_of(meta[meta["list"] == "val"]), image_size=28)
+    assert loader.metadata_task(meta) == NIH_TASK and (meta["split"] == "val").sum() == 4
+    back = loader.load_image_set(tmp_path / "exp", _manifest_of(meta[meta["split"] == "val"]), image_size=28)
     assert np.allclose(back.x, loader_set.x, atol=1e-6)
     bad = tmp_path / "bad.npz"
     np.savez(bad, train_images=data["train_images"])
-    with pytest.raises(DataError, match=r"bad\.npz: missing key train_labels"):
+    with pytest.raises(DataError, match=r"bad\.npz: missing arrays 'train_labels', 'val_images'"):
         chestmnist.load_chestmnist(bad, split="train")
     np.savez(bad, **{**data, "val_labels": np.zeros((4, 13))})
-    with pytest.raises(DataError, match=r"val_labels must be \(4, 14\)"):
+    with pytest.raises(DataError, match=r"val_labels: labels have shape \(4, 13\), the multilabel over 14 labels task"):
         chestmnist.load_chestmnist(bad, split="val")
 
 

@@ -7,7 +7,7 @@
   [--stratify-test]``
 - ``bfdl data summary --manifests DIR [--root DIR] [--json]``
 - ``bfdl data nih-manifests [--check] [--k K ...] [--import-metadata]`` (the checked-in
-  ``data_manifests/nih_cxr14`` manifests)
+  ``data_manifests/nih_cxr14`` manifests: ``k3/`` ... ``k10/`` and ``view_k3/``)
 
 Errors are :class:`bfdl_tff.errors.DataError` (one line naming the file, exit code 2).
 """
@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     su.add_argument("--json", action="store_true")
     su.set_defaults(func=_summary)
 
-    n = s.add_parser("nih-manifests", help="regenerate (or --check) data_manifests/nih_cxr14")
+    n = s.add_parser("nih-manifests", help="regenerate (or --check) data_manifests/nih_cxr14 (k3..k10, view_k3)")
     n.add_argument("--check", action="store_true", help="verify byte-identical regeneration, write nothing")
     n.add_argument("--k", type=int, action="append", help="only these K (default 3..10)")
     n.add_argument("--import-metadata", action="store_true", help="first re-copy metadata from ../shared/nih_cxr14")
@@ -256,7 +256,9 @@ def _nih(args: argparse.Namespace) -> int:
     ks = tuple(sorted(set(args.k))) if args.k else nih.KS
     rep = nih.regenerate(check=args.check, ks=ks)
     if args.check:
-        print(f"{nih.NIH_DIR}: {rep['checked']} file(s) identical to a fresh regeneration (K = {', '.join(map(str, ks))})")
+        print(f"{nih.NIH_DIR}: {rep['checked']} file(s) identical to a fresh regeneration (K = {', '.join(map(str, ks))}; "
+              f"view scheme K = {', '.join(map(str, nih.VIEW_KS))})")
     else:
-        print(f"{nih.NIH_DIR}: wrote {rep['written']} file(s) for K = {', '.join(map(str, ks))} and SHA256SUMS")
+        print(f"{nih.NIH_DIR}: wrote {rep['written']} file(s) for K = {', '.join(map(str, ks))}, view scheme K = "
+              f"{', '.join(map(str, nih.VIEW_KS))}, and SHA256SUMS")
     return 0

@@ -11,8 +11,9 @@ Labels follow the dataset's task (:mod:`bfdl_tff.data.tasks`; NIH: the 14 findin
   images by global prevalence, or "none": NIH's No Finding, a binary task's negative class); for
   every class, hospital shares are drawn from Dirichlet(alpha * 1_K) and that class's patients
   are dealt out accordingly. Small alpha -> more skew. Draws in which a hospital gets under
-  1/(4K) of the images are redrawn (deterministically). For a binary task this is a Dirichlet
-  over the label (positive / negative).
+  1/(4K) of the images are redrawn (deterministically); for binary / multiclass tasks also draws
+  in which a hospital gets under 1/(4K) of a class's images. For a binary task this is a
+  Dirichlet over the label (positive / negative).
 - ``quantity``: quantity skew. Hospital sizes ~ 1/(4K) + (1 - 1/4) * Dirichlet(alpha * 1_K);
   patients shuffled and cut at those image fractions (label distribution ~ IID).
 - ``site``: hospital = acquisition site. For the synthetic source the ``site`` column
@@ -141,23 +142,35 @@ def split_test(meta: pd.DataFrame, *, seed: int, test_fraction: float, test_imag
     return meta[~is_test], meta[is_test]
 
 
+def _class_floor_ok(out: np.ndarray, n_img: np.ndarray, sel: np.ndarray, hospitals: int, min_share: float) -> bool:
+    got = np.bincount(out[sel], weights=n_img[sel], minlength=hospitals)
+    return bool(got.min() >= max(1.0, min_share * n_img[sel].sum()))
+
+
 def _assign_dirichlet(pats: pd.DataFrame, hospitals: int, alpha: float, rng: np.random.Generator,
-                      min_share: float, source: str) -> np.ndarray:
+                      min_share: float, source: str, *, every_class: bool = False) -> np.ndarray:
+    """Dirichlet label skew; draws are repeated until every hospital holds >= ``min_share`` of the
+    images and (``every_class``: binary / multiclass tasks) >= ``min_share`` (and >= 1 image) of
+    every class that has >= 2K patients, so every hospital trains and validates on every class."""
     n_img = pats["n_images"].to_numpy()
     classes = pats["primary"].to_numpy()
+    uniq, n_cls = np.unique(classes, return_counts=True)
+    must = uniq[n_cls >= 2 * hospitals] if every_class else uniq[:0]
     out = np.empty(len(pats), dtype=np.int64)
     for _ in range(1000):
-        for c in np.unique(classes):
+        for c in uniq:
             idx = np.flatnonzero(classes == c)
             idx = idx[rng.permutation(len(idx))]
             q = rng.dirichlet(np.full(hospitals, alpha))
             out[idx] = _cut_by_images(n_img[idx], q)
         sizes = np.bincount(out, weights=n_img, minlength=hospitals)
         counts = np.bincount(out, minlength=hospitals)
-        if sizes.min() >= min_share * n_img.sum() and counts.min() >= 2:
+        if (sizes.min() >= min_share * n_img.sum() and counts.min() >= 2
+                and all(_class_floor_ok(out, n_img, classes == c, hospitals, min_share) for c in must)):
             return out
     raise DataError(f"{source}: dirichlet(alpha={alpha}) could not give every one of {hospitals} hospitals "
-                    f">= {min_share:.3f} of the images in 1000 draws; use a larger alpha or fewer hospitals")
+                    f">= {min_share:.3f} of the images{' and every class' if every_class else ''} in 1000 draws; "
+                    f"use a larger alpha or fewer hospitals")
 
 
 def _assign_site(pats: pd.DataFrame, hospitals: int) -> np.ndarray:
@@ -198,8 +211,10 @@ def _assign_view(pats: pd.DataFrame, hospitals: int, rng: np.random.Generator, s
 
 
 def assign_hospitals(pool: pd.DataFrame, *, hospitals: int, scheme: str, seed: int, alpha: float = 0.5,
-                     source: str = "<dataset>", labels: Iterable[str] | None = None) -> dict[int, int]:
-    """patient_id -> hospital index (0-based) for the patients of ``pool``."""
+                     source: str = "<dataset>", task: Task | None = None) -> dict[int, int]:
+    """patient_id -> hospital index (0-based) for the patients of ``pool`` (task: the pool's)."""
+    task = task or metadata_task(pool)
+    labels = task.labels
     if scheme not in SCHEMES:
         raise DataError(f"{source}: unknown partition scheme {scheme!r} (known: {', '.join(SCHEMES)})")
     if hospitals < 1:
@@ -222,7 +237,7 @@ def assign_hospitals(pool: pd.DataFrame, *, hospitals: int, scheme: str, seed: i
         perm = rng.permutation(len(pats))
         out[perm] = _cut_by_images(n_img[perm], frac)
     elif scheme == "dirichlet":
-        out = _assign_dirichlet(pats, hospitals, alpha, rng, min_share, source)
+        out = _assign_dirichlet(pats, hospitals, alpha, rng, min_share, source, every_class=task.kind != "multilabel")
     elif scheme == "view":
         out = _assign_view(pats, hospitals, rng, source)
     else:
@@ -274,8 +289,7 @@ def partition(meta: pd.DataFrame, *, hospitals: int, scheme: str, seed: int, alp
     is_val = None
     if val_images is not None:
         is_val = _given_images(pool, val_images, what="val", source=source).to_numpy()
-    owner = assign_hospitals(pool, hospitals=hospitals, scheme=scheme, seed=seed, alpha=alpha, source=source,
-                             labels=task.labels)
+    owner = assign_hospitals(pool, hospitals=hospitals, scheme=scheme, seed=seed, alpha=alpha, source=source, task=task)
     h = pool["patient_id"].map(owner).to_numpy()
     parts: dict[str, pd.DataFrame] = {}
     for k in range(hospitals):

@@ -24,6 +24,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -36,7 +37,7 @@ from bfdl_tff.errors import DataError
 from bfdl_tff.io_utils import atomic_write_bytes, atomic_write_text
 
 NIH_DIR = REPO_ROOT / "data_manifests" / "nih_cxr14"
-SHARED_DIR = REPO_ROOT.parent / "shared" / "nih_cxr14"
+SHARED_DIR = Path(os.environ.get("BFDL_SHARED") or REPO_ROOT.parent / "shared") / "nih_cxr14"
 # stored path (under metadata/) -> upstream path (under ../shared/nih_cxr14)
 METADATA_FILES = {
     "chexnet_split/train_list.txt.gz": "chexnet_split/train_list.txt",

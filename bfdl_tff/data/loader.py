@@ -1,18 +1,20 @@
-"""Loader for the NIH ChestX-ray14 layout (real data or the synthetic stand-in), paper 3.1.
+"""Loader for datasets in the NIH ChestX-ray14 layout (real data, the NIH sample, the synthetic
+stand-in) or the task layout (a MedMNIST export), paper 3.1 / issue 15.
 
 Dataset root layout (what NIH / Kaggle ship, what :mod:`bfdl_tff.data.synth` writes):
 
-- metadata: ``Data_Entry_2017.csv`` (2017 layout with the trailing empty column, or the v2020
-  layout without it; ``Data_Entry_2017_v2020.csv`` is also looked for) **or** the CheXNet label
-  lists ``train_list.txt`` / ``val_list.txt`` / ``test_list.txt`` (``<image> <14 x 0/1>``) in the
-  root or in ``labels/``;
+- metadata (read by :mod:`bfdl_tff.data.metadata`, whose names are re-exported here):
+  ``Data_Entry_2017.csv`` (2017 or v2020 layout, plain or ``.csv.gz``) **or** the CheXNet label
+  lists **or** ``task.json`` + ``image_labels.csv``;
 - images: ``images/*.png`` or Kaggle's ``images_001/images/*.png`` ... ``images_012/images/*.png``;
 - optional: ``BBox_List_2017.csv`` (boxes -> lesion masks), ``masks/<image>.png`` (lesion masks,
   written by the synthetic generator), ``synthetic_sites.csv`` (acquisition site per patient).
 
-PNGs are decoded with TensorFlow ops (``tf.io.decode_png``; 8- and 16-bit files, by the IHDR bit
-depth), RGB/RGBA converted to grayscale (alpha dropped), resized to ``image_size`` (area averaging
-when downsampling, bilinear when upsampling) and scaled to [0, 1]. Masks: a ``masks/`` PNG wins;
+Every :class:`ImageSet` carries its task (:mod:`bfdl_tff.data.tasks`; NIH: 14 findings).
+PNGs are decoded with TensorFlow ops (``tf.io.decode_png``; 1- to 16-bit files, 16-bit by the
+IHDR bit depth; gray, gray+alpha, palette, RGB, RGBA), converted to grayscale (alpha dropped),
+resized to ``image_size`` (area averaging when downsampling, bilinear when upsampling) and
+scaled to [0, 1]. Masks: a ``masks/`` PNG wins;
 else the NIH boxes of the image (scaled from the PNG's own size) are filled; else the mask is all
 **-1** ("unknown", ignored by the segmentation loss).
 """
@@ -164,7 +166,7 @@ def read_bboxes(root: str | Path) -> dict[str, list[tuple[float, float, float, f
 # --------------------------------------------------------------------------------------------
 
 
-def _decode_graph(image_size: int):
+def _decode_graph(image_size: int) -> Any:
     import tensorflow as tf
 
     def decode(path: Any, mask_path: Any):
@@ -323,7 +325,7 @@ def load_image_set(root: str | Path, manifest: str | Path | pd.DataFrame, *, ima
 
 
 def make_dataset(image_set: ImageSet, *, batch_size: int, shuffle_seed: int | None = None, epochs: int = 1,
-                 with_masks: bool = False):
+                 with_masks: bool = False) -> Any:
     """``tf.data`` pipeline over an :class:`ImageSet`: cache -> seeded shuffle (reshuffled each
     epoch, deterministic for a seed) -> repeat(epochs) -> batch -> prefetch. Yields ``(x, y)`` or,
     with masks, ``(x, (y, mask))``."""

@@ -125,7 +125,7 @@ def check_dataset(root: Path, *, decode: bool = False) -> dict:
         bad = _png_ok(p)
         if bad:
             raise DataError(f"{p}: {bad}")
-    unlisted = external._unlisted_files(root, meta)
+    unlisted = external.unlisted_image_files(root, meta)
     if unlisted:
         raise DataError(f"{root}: {len(unlisted)} image file(s) not in the metadata {src}, first: {', '.join(unlisted[:5])}")
     if decode:

@@ -56,7 +56,8 @@ class ExternalSet:
                 "positives": self.positives(), **self.extra}
 
 
-def _unlisted_files(root: Path, meta: pd.DataFrame) -> list[str]:
+def unlisted_image_files(root: Path, meta: pd.DataFrame) -> list[str]:
+    """Sorted names of the PNG files under ``root``'s image folders that ``meta`` does not list."""
     idx = loader.index_images(root)
     known = set(meta["image"])
     return sorted(n for n in idx if n not in known)
@@ -81,7 +82,7 @@ def load_external(root: str | Path, *, image_size: int, manifest: str | Path | N
     dtask = loader.metadata_task(meta)
     if task is not None:
         dtask.check_compatible(task, source=msrc, other_source="the model")
-    unlisted = _unlisted_files(root, meta)
+    unlisted = unlisted_image_files(root, meta)
     if unlisted:
         raise DataError(f"{root}: {len(unlisted)} image file(s) not in the metadata {msrc}, first: {', '.join(unlisted[:5])}")
     extra: dict[str, Any] = {}

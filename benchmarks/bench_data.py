@@ -1,13 +1,17 @@
-"""Data benchmarks (issue 3): synthesis time and loader throughput; prints numbers only.
+"""Data benchmarks (issues 3, 15): synthesis time and loader throughput; prints numbers only.
 
-    .venv/bin/python benchmarks/bench_data.py [--quick]
+    .venv/bin/python benchmarks/bench_data.py [--quick] [--real-only]
 
 1. time to synthesise 10,000 images at 64 px (``bfdl data synth``, incl. masks and PNG writes);
 2. loader images/second from PNG (``load_image_set``: read, decode, gray, resize, normalise) at
    64, 128 and 224 px from PNGs of that size, and 1024 px PNGs (NIH's native size) -> 224 px;
 3. ``make_dataset`` (in-memory tf.data, batch 16) images/second at 64 px;
 4. for comparison, the time of one training step (batch 16, 64 px) of a small 4-block Keras CNN
-   (not the project's model registry; just a yardstick for "is the loader the bottleneck").
+   (not the project's model registry; just a yardstick for "is the loader the bottleneck");
+5. real data from the shared folder (``../shared`` or ``$BFDL_SHARED``; skipped if absent):
+   reading the complete 112,120-row NIH Data_Entry table (.csv.gz) and partitioning it with the
+   ``view`` scheme; loading the 621-image NIH sample at 64 and 224 px; exporting PneumoniaMNIST
+   (5,030 images) to the task layout and loading its 3-hospital federation at 28 px.
 """
 
 from __future__ import annotations
@@ -33,12 +37,70 @@ def _manifest(root: Path):
     return df
 
 
+def _shared() -> Path:
+    from bfdl_tff.config import REPO_ROOT
+
+    return Path(os.environ.get("BFDL_SHARED") or REPO_ROOT.parent / "shared")
+
+
+def bench_real(tmp: Path) -> None:
+    """Item 5 of the module docstring."""
+    from bfdl_tff.config import DataConfig
+    from bfdl_tff.data import external, federation, loader, nih, partition, prepare
+
+    sh = _shared()
+    full = sh / "nih_cxr14" / "full_metadata" / "Data_Entry_2017_v2020.csv.gz"
+    if full.is_file():
+        t = time.perf_counter()
+        meta = loader.read_data_entry(full)
+        dt = time.perf_counter() - t
+        print(f"read complete NIH Data_Entry table ({len(meta)} rows, .csv.gz): {dt:.2f} s")
+        t = time.perf_counter()
+        partition.partition(meta, hospitals=3, scheme="view", seed=0, test_images=nih.official_test_images())
+        print(f"partition 112,120 images, scheme view, K=3: {time.perf_counter() - t:.2f} s")
+    else:
+        print(f"skipped: {full} not present")
+    sample = sh / "nih_cxr14" / "real_sample_256"
+    if sample.is_dir():
+        for size in (64, 224):
+            best = 0.0
+            for _ in range(2):
+                loader._index_cached.cache_clear()
+                t = time.perf_counter()
+                s = external.load_external(sample, image_size=size).images  # every image with metadata
+                best = max(best, len(s) / (time.perf_counter() - t))
+            print(f"loader, real NIH sample (256 px PNG) -> {size} px: {best:.0f} images/s ({len(s)} images, best of 2)")
+    else:
+        print(f"skipped: {sample} not present")
+    npz = sh / "pneumoniamnist" / "pneumoniamnist.npz"
+    if npz.is_file():
+        cfg = DataConfig(source="medmnist", npz=str(npz), root=str(tmp / "mm"), hospitals=3, image_size=28)
+        t = time.perf_counter()
+        p = prepare.prepare_data(cfg, seed=0, manifest_dir=tmp / "mm-m")
+        dt = time.perf_counter() - t
+        t = time.perf_counter()
+        fed = federation.load_federation(p.root, p.manifest_dir, image_size=28)
+        dl = time.perf_counter() - t
+        n = sum(len(fed.train[k]) + len(fed.val[k]) for k in fed.names) + len(fed.test)
+        print(f"PneumoniaMNIST: export + partition {dt:.2f} s; load federation ({n} images, 28 px) {dl:.2f} s")
+    else:
+        print(f"skipped: {npz} not present")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts")
+    ap.add_argument("--real-only", action="store_true", help="only item 5 (shared real data)")
     args = ap.parse_args()
     from bfdl_tff.data import loader, synth
 
+    if args.real_only:
+        tmp = Path(tempfile.mkdtemp(prefix="bench_data_"))
+        try:
+            bench_real(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     q = args.quick
     tmp = Path(tempfile.mkdtemp(prefix="bench_data_"))
     try:
@@ -97,6 +159,7 @@ def main() -> None:
         print(f"reference: one train step of a small 4-block CNN, batch 16, 64 px: {dt * 1000:.1f} ms "
               f"({16 / dt:.0f} images/s)")
         del np
+        bench_real(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

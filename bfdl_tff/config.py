@@ -52,15 +52,17 @@ def _c(default: Any, **meta: Any) -> Any:
 class DataConfig:
     """Where the images come from and how they are split into hospitals (paper 3.1)."""
 
-    source: str = _c("synthetic", choices=("synthetic", "nih", "chestmnist"))
-    # Dataset root in the NIH layout (Data_Entry_2017.csv + images/); for `synthetic` it is
-    # generated there if missing. Relative paths are resolved against the repository root.
+    # medmnist: any MedMNIST 2D .npz (`npz`); chestmnist: the same with the NIH 14-finding task.
+    source: str = _c("synthetic", choices=("synthetic", "nih", "medmnist", "chestmnist"))
+    # Dataset root in the NIH layout (Data_Entry_2017.csv[.gz] + images/); for `synthetic` it is
+    # generated there if missing; for `medmnist` the .npz is exported (PNGs) under it once.
+    # Relative paths are resolved against the repository root.
     root: str = "data/synthetic"
     # Directory with hospital_a.csv ... and test.csv. Empty: partition at run time into the run dir.
     manifests: str = ""
     image_size: int = _c(64, min=16, max=1024)
     hospitals: int = _c(3, min=1, max=10)
-    scheme: str = _c("dirichlet", choices=("iid", "dirichlet", "quantity", "site"))
+    scheme: str = _c("dirichlet", choices=("iid", "dirichlet", "quantity", "site", "view"))
     alpha: float = _c(0.5, gt=0.0)
     test_fraction: float = _c(0.2, gt=0.0, max=0.9)
     val_fraction: float = _c(0.1, min=0.0, max=0.9)
@@ -72,8 +74,22 @@ class DataConfig:
     # Optional held-out test list (one image name per line, first token used; e.g. the official
     # NIH test_list.txt). Empty: a seeded patient-level test_fraction.
     test_list: str = ""
-    # ChestMNIST .npz path (source == chestmnist).
+    # MedMNIST .npz path (source == medmnist / chestmnist).
     npz: str = ""
+    # medmnist: the task kind ("" = inferred from the labels: one 0/1 column -> binary, class
+    # indices -> multiclass, C 0/1 columns -> multilabel) and label names ([] = MedMNIST's names
+    # for known datasets, else generic).
+    task: str = _c("", choices=("", "multilabel", "binary", "multiclass"))
+    label_names: list[str] = _c([])
+    # Seeded test_fraction taken within each primary class (every label keeps ~test_fraction of
+    # its positives in test); for small datasets such as the 621-image NIH sample.
+    stratify_test: bool = False
+
+    def check(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        if (self.task or self.label_names) and self.source != "medmnist":
+            problems.append(("task" if self.task else "label_names", f"applies to source medmnist, not {self.source!r}"))
+        return problems
 
 
 @dataclass

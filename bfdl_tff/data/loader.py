@@ -1,29 +1,28 @@
-"""Loader for the NIH ChestX-ray14 layout (real data or the synthetic stand-in), paper 3.1.
+"""Loader for datasets in the NIH ChestX-ray14 layout (real data, the NIH sample, the synthetic
+stand-in) or the task layout (a MedMNIST export), paper 3.1 / issue 15.
 
 Dataset root layout (what NIH / Kaggle ship, what :mod:`bfdl_tff.data.synth` writes):
 
-- metadata: ``Data_Entry_2017.csv`` (2017 layout with the trailing empty column, or the v2020
-  layout without it; ``Data_Entry_2017_v2020.csv`` is also looked for) **or** the CheXNet label
-  lists ``train_list.txt`` / ``val_list.txt`` / ``test_list.txt`` (``<image> <14 x 0/1>``) in the
-  root or in ``labels/``;
+- metadata (read by :mod:`bfdl_tff.data.metadata`, whose names are re-exported here):
+  ``Data_Entry_2017.csv`` (2017 or v2020 layout, plain or ``.csv.gz``) **or** the CheXNet label
+  lists **or** ``task.json`` + ``image_labels.csv``;
 - images: ``images/*.png`` or Kaggle's ``images_001/images/*.png`` ... ``images_012/images/*.png``;
 - optional: ``BBox_List_2017.csv`` (boxes -> lesion masks), ``masks/<image>.png`` (lesion masks,
   written by the synthetic generator), ``synthetic_sites.csv`` (acquisition site per patient).
 
-PNGs are decoded with TensorFlow ops (``tf.io.decode_png``; 8- and 16-bit files, by the IHDR bit
-depth), RGB/RGBA converted to grayscale (alpha dropped), resized to ``image_size`` (area averaging
-when downsampling, bilinear when upsampling) and scaled to [0, 1]. Masks: a ``masks/`` PNG wins;
+Every :class:`ImageSet` carries its task (:mod:`bfdl_tff.data.tasks`; NIH: 14 findings).
+PNGs are decoded with TensorFlow ops (``tf.io.decode_png``; 1- to 16-bit files, 16-bit by the
+IHDR bit depth; gray, gray+alpha, palette, RGB, RGBA), converted to grayscale (alpha dropped),
+resized to ``image_size`` (area averaging when downsampling, bilinear when upsampling) and
+scaled to [0, 1]. Masks: a ``masks/`` PNG wins;
 else the NIH boxes of the image (scaled from the PNG's own size) are filled; else the mask is all
 **-1** ("unknown", ignored by the segmentation loss).
 """
 
 from __future__ import annotations
 
-import csv
 import functools
-import gzip
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,20 +31,27 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from bfdl_tff.data.labels import FINDINGS, NUM_FINDINGS, canonical_finding, parse_many
+from bfdl_tff.data.labels import canonical_finding
 from bfdl_tff.data.manifest import check_against_metadata, read_manifest, validate_manifest
+from bfdl_tff.data.metadata import (  # noqa: F401 - re-exported: the loader is the public entry point
+    CHEXNET_LISTS,
+    DATA_ENTRY_NAMES,
+    LABELS_NAME,
+    SITES_NAME,
+    _stamp,
+    detect_data_entry_layout,
+    find_metadata,
+    metadata_label_frame,
+    metadata_task,
+    read_chexnet_lists,
+    read_data_entry,
+    read_metadata,
+    read_task_labels,
+)
+from bfdl_tff.data.tasks import NIH_TASK, Task
 from bfdl_tff.errors import DataError
 
-DATA_ENTRY_NAMES = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
-CHEXNET_LISTS = ("train_list.txt", "val_list.txt", "test_list.txt")
 BBOX_NAME = "BBox_List_2017.csv"
-SITES_NAME = "synthetic_sites.csv"
-_DATA_ENTRY_COLUMNS = (
-    "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
-    "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]",
-)
-_IMAGE_RE = re.compile(r"^\d+_\d+\.png$")
-_AGE_RE = re.compile(r"^(\d+)([YMD]?)$")
 
 
 @dataclass
@@ -55,8 +61,14 @@ class ImageSet:
     images: list[str]
     patient_ids: np.ndarray  # int64 [N]
     x: np.ndarray  # float32 [N, S, S, 1] in [0, 1]
-    y: np.ndarray  # float32 [N, 14]
+    y: np.ndarray  # float32 [N, len(task.labels)] (NIH: [N, 14]); see bfdl_tff.data.tasks
     mask: np.ndarray | None = None  # float32 [N, S, S, 1] in {0, 1}, or -1 where unknown
+    task: Task = NIH_TASK
+
+    def __post_init__(self) -> None:
+        if np.ndim(self.y) != 2 or np.shape(self.y)[1] != self.task.num_outputs:
+            raise ValueError(f"ImageSet: y has shape {np.shape(self.y)}, the {self.task.describe()} task needs "
+                             f"[N, {self.task.num_outputs}]")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -69,174 +81,8 @@ class ImageSet:
             x=self.x[idx],
             y=self.y[idx],
             mask=None if self.mask is None else self.mask[idx],
+            task=self.task,
         )
-
-
-# --------------------------------------------------------------------------------------------
-# Metadata
-# --------------------------------------------------------------------------------------------
-
-
-def detect_data_entry_layout(path: str | Path) -> str:
-    """``"2017"`` (trailing empty column, as NIH 2017 / Kaggle) or ``"v2020"``; else DataError."""
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8-sig") as fh:
-            header = fh.readline().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
-    cols = [c.strip() for c in header.split(",")]
-    if tuple(cols) == _DATA_ENTRY_COLUMNS:
-        return "v2020"
-    if tuple(cols[:-1]) == _DATA_ENTRY_COLUMNS and cols[-1] == "":
-        return "2017"
-    raise DataError(
-        f"{path}: unknown Data_Entry layout; header {header[:160]!r} is neither the 2017 nor the "
-        f"v2020 NIH layout ({','.join(_DATA_ENTRY_COLUMNS)}[,])"
-    )
-
-
-def _finish_metadata(df: pd.DataFrame, y: np.ndarray, *, source: str) -> pd.DataFrame:
-    bad = ~df["image"].str.match(_IMAGE_RE)
-    if bad.any():
-        raise DataError(f"{source}: image name {df['image'][bad].iloc[0]!r} is not of the NIH form 00000001_000.png")
-    dup = df["image"][df["image"].duplicated()]
-    if len(dup):
-        raise DataError(f"{source}: {len(dup)} duplicate image(s), first: {', '.join(dup.iloc[:5])}")
-    prefix = df["image"].str.split("_").str[0].astype(np.int64)
-    if "patient_id" in df:
-        mism = prefix != df["patient_id"]
-        if mism.any():
-            i = int(np.flatnonzero(mism.to_numpy())[0])
-            raise DataError(f"{source}: row {i + 2}: Patient ID {df['patient_id'].iloc[i]} does not match image {df['image'].iloc[i]}")
-    else:
-        df["patient_id"] = prefix
-    lab = pd.DataFrame(y.astype(np.int8), columns=list(FINDINGS), index=df.index)
-    return pd.concat([df, lab], axis=1)
-
-
-def read_data_entry(path: str | Path) -> pd.DataFrame:
-    """Read NIH ``Data_Entry_2017.csv`` (either layout) -> columns ``image, patient_id,
-    follow_up, age, gender, view, <14 findings>``; validates names, IDs and finding labels."""
-    path = Path(path)
-    layout = detect_data_entry_layout(path)
-    ncol = len(_DATA_ENTRY_COLUMNS) + (1 if layout == "2017" else 0)
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        for ln, fields in enumerate(csv.reader(fh), 1):
-            if fields and len(fields) != ncol:
-                raise DataError(f"{path}: malformed CSV: line {ln} has {len(fields)} fields, the {layout} layout has {ncol}")
-    try:
-        raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, encoding="utf-8-sig",
-                          names=[f"c{i}" for i in range(ncol)], skiprows=1)
-    except (pd.errors.ParserError, ValueError) as e:
-        raise DataError(f"{path}: malformed CSV: {str(e).splitlines()[0]}") from None
-    if raw.empty:
-        raise DataError(f"{path}: no rows")
-    short = (raw.iloc[:, :len(_DATA_ENTRY_COLUMNS)].isna() | (raw.iloc[:, :len(_DATA_ENTRY_COLUMNS)] == "")).any(axis=1)
-    if short.any():
-        i = int(np.flatnonzero(short.to_numpy())[0])
-        raise DataError(f"{path}: row {i + 2}: missing fields (expected {len(_DATA_ENTRY_COLUMNS)})")
-    df = pd.DataFrame({"image": raw["c0"].str.strip()})
-    pid = pd.to_numeric(raw["c3"], errors="coerce")
-    if pid.isna().any():
-        i = int(np.flatnonzero(pid.isna().to_numpy())[0])
-        raise DataError(f"{path}: row {i + 2}: Patient ID {raw['c3'].iloc[i]!r} is not an integer")
-    df["patient_id"] = pid.astype(np.int64)
-    df["follow_up"] = pd.to_numeric(raw["c2"], errors="coerce").fillna(-1).astype(np.int64)
-    # 2017 files write ages as integers (a few releases as "058Y"); keep years
-    age = raw["c4"].str.extract(_AGE_RE)
-    years = pd.to_numeric(age[0], errors="coerce")
-    years = np.where(age[1] == "M", years / 12.0, np.where(age[1] == "D", years / 365.0, years))
-    df["age"] = years
-    df["gender"] = raw["c5"].str.strip()
-    df["view"] = raw["c6"].str.strip()
-    y = parse_many(raw["c1"], source=str(path))
-    return _finish_metadata(df, y, source=str(path))
-
-
-def read_chexnet_lists(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """Read CheXNet label lists (``<image> <14 x 0/1>`` per line) -> ``image, patient_id, list, <14>``."""
-    frames = []
-    for p in paths:
-        p = Path(p)
-        names, rows = [], []
-        opener = gzip.open if p.name.endswith(".gz") else open
-        with opener(p, "rt", encoding="utf-8") as fh:
-            for ln, line in enumerate(fh, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) != 1 + NUM_FINDINGS:
-                    raise DataError(f"{p}: line {ln}: expected an image name and {NUM_FINDINGS} labels, got {len(parts)} fields")
-                if any(v not in ("0", "1") for v in parts[1:]):
-                    raise DataError(f"{p}: line {ln}: labels must be 0 or 1")
-                names.append(parts[0])
-                rows.append([int(v) for v in parts[1:]])
-        if not names:
-            raise DataError(f"{p}: empty label list")
-        df = pd.DataFrame({"image": names})
-        df["list"] = p.name.split("_list")[0]
-        frames.append((df, np.array(rows, dtype=np.int8)))
-    df = pd.concat([f for f, _ in frames], ignore_index=True)
-    y = np.concatenate([r for _, r in frames])
-    return _finish_metadata(df, y, source=", ".join(str(p) for p in paths))
-
-
-def find_metadata(root: str | Path) -> tuple[str, list[Path]]:
-    """Locate the label metadata: ``("data_entry", [csv])`` or ``("chexnet", [lists...])``."""
-    root = Path(root)
-    for n in DATA_ENTRY_NAMES:
-        if (root / n).is_file():
-            return "data_entry", [root / n]
-    for d in (root, root / "labels"):
-        lists = [d / n for n in CHEXNET_LISTS if (d / n).is_file()]
-        if lists:
-            return "chexnet", lists
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset directory not found")
-    raise DataError(f"{root}: no label metadata (Data_Entry_2017.csv, or CheXNet train/val/test_list.txt in the root or labels/)")
-
-
-def _stamp(paths: Sequence[Path]) -> tuple:
-    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
-
-
-@functools.lru_cache(maxsize=8)
-def _read_metadata_cached(kind: str, stamp: tuple, sites_stamp: tuple) -> pd.DataFrame:
-    paths = [Path(s[0]) for s in stamp]
-    df = read_data_entry(paths[0]) if kind == "data_entry" else read_chexnet_lists(paths)
-    if sites_stamp:
-        sp = Path(sites_stamp[0][0])
-        try:
-            sites = pd.read_csv(sp, dtype={"Patient ID": np.int64, "Site": np.int64})
-        except (ValueError, pd.errors.ParserError) as e:
-            raise DataError(f"{sp}: malformed site list: {str(e).splitlines()[0]}") from None
-        if list(sites.columns) != ["Patient ID", "Site"]:
-            raise DataError(f"{sp}: expected columns 'Patient ID,Site', got {list(sites.columns)}")
-        m = dict(zip(sites["Patient ID"], sites["Site"]))
-        site = df["patient_id"].map(m)
-        if site.isna().any():
-            raise DataError(f"{sp}: no site for patient {int(df['patient_id'][site.isna()].iloc[0])}")
-        df["site"] = site.astype(np.int64)
-    return df
-
-
-def read_metadata(root: str | Path) -> pd.DataFrame:
-    """Labels of every image of the dataset at ``root`` (cached while the files are unchanged).
-
-    Columns: ``image, patient_id, <14 findings>`` plus ``site`` for synthetic data and whatever
-    the source carries (``age``, ``gender``, ``view`` / ``list``). ``df.attrs['source']`` names
-    the file(s)."""
-    kind, paths = find_metadata(root)
-    sp = Path(root) / SITES_NAME
-    df = _read_metadata_cached(kind, _stamp(paths), _stamp([sp]) if sp.is_file() else ()).copy()
-    df.attrs["source"] = ", ".join(str(p) for p in paths)
-    return df
-
-
-def metadata_label_frame(meta: pd.DataFrame) -> pd.DataFrame:
-    """The ``image, patient_id, <14>`` part of the metadata."""
-    return meta.loc[:, ["image", "patient_id", *FINDINGS]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,7 +166,7 @@ def read_bboxes(root: str | Path) -> dict[str, list[tuple[float, float, float, f
 # --------------------------------------------------------------------------------------------
 
 
-def _decode_graph(image_size: int):
+def _decode_graph(image_size: int) -> Any:
     import tensorflow as tf
 
     def decode(path: Any, mask_path: Any):
@@ -413,42 +259,54 @@ def _fill_boxes(mask: np.ndarray, hw: np.ndarray, boxes: list[tuple[float, float
         mask[max(0, y0):min(s, max(y1, y0 + 1)), max(0, x0):min(s, max(x1, x0 + 1)), 0] = 1.0
 
 
+def _check_labels_against_metadata(df: pd.DataFrame, meta: pd.DataFrame, task: Task, *, source: str,
+                                   max_label_mismatch: float) -> None:
+    msrc = meta.attrs.get("source", "<metadata>")
+    metadata_task(meta).check_compatible(task, source=msrc, other_source=source)
+    check_against_metadata(df, pd.Index(meta["image"]), source=source, metadata=msrc)
+    by_image = meta.set_index("image")
+    ref = by_image.loc[df["image"], list(task.labels)].to_numpy()
+    diff = np.flatnonzero((ref != df[list(task.labels)].to_numpy()).any(axis=1))
+    if len(diff):
+        msg = f"{source}: labels of {len(diff)} image(s) differ from {msrc}, first: {df['image'].iloc[diff[0]]}"
+        if len(diff) > max_label_mismatch * len(df):
+            raise DataError(msg + f" (more than {max_label_mismatch:.1%} of the rows: stale or foreign manifest?)")
+        warnings.warn(msg + "; using the manifest's labels", stacklevel=3)
+    pat = by_image.loc[df["image"], "patient_id"].to_numpy()
+    bad = np.flatnonzero(pat != df["patient_id"].to_numpy())
+    if len(bad):
+        raise DataError(f"{source}: patient_id of {df['image'].iloc[bad[0]]} differs from {msrc}")
+
+
 def load_image_set(root: str | Path, manifest: str | Path | pd.DataFrame, *, image_size: int,
                    split: str | Sequence[str] | None = None, with_masks: bool = False,
-                   check_metadata: bool = True, max_label_mismatch: float = 0.01) -> ImageSet:
+                   check_metadata: bool = True, max_label_mismatch: float = 0.01,
+                   task: Task | None = None) -> ImageSet:
     """Decode the images a manifest lists (rows of ``split`` only, if given) from ``root``.
 
-    The manifest is validated; with ``check_metadata`` every image must be listed in the
-    dataset's metadata (else :class:`DataError`), and its labels are compared with the
-    metadata's: more than ``max_label_mismatch`` (fraction of rows) differing raises (a stale or
-    foreign manifest); fewer give a warning and the manifest's labels are used. The tolerance
-    exists because NIH's label revisions differ on ~0.1 % of images (the checked-in manifests
-    carry the 2017 CheXNet labels; Kaggle's / v2020 ``Data_Entry_2017.csv`` differ slightly)."""
+    The manifest is validated against its task (``task``, else a path's directory ``task.json``,
+    else a DataFrame's ``attrs['task']``, else the NIH task); with ``check_metadata`` the
+    dataset's task must be the same, every image must be listed in the dataset's metadata (else
+    :class:`DataError`), and its labels are compared with the metadata's: more than
+    ``max_label_mismatch`` (fraction of rows) differing raises (a stale or foreign manifest);
+    fewer give a warning and the manifest's labels are used. The tolerance exists because NIH's
+    label revisions differ on ~0.1 % of images (the checked-in manifests carry the 2017 CheXNet
+    labels; Kaggle's / v2020 ``Data_Entry_2017.csv`` differ slightly)."""
     root = Path(root)
+    meta = read_metadata(root) if check_metadata else None
     if isinstance(manifest, pd.DataFrame):
         source = manifest.attrs.get("source", "<manifest DataFrame>")
-        df = validate_manifest(manifest, source=source)
+        task = task or manifest.attrs.get("task") or (metadata_task(meta) if meta is not None else NIH_TASK)
+        df = validate_manifest(manifest, source=source, task=task)
     else:
         source = str(manifest)
-        df = read_manifest(manifest)
+        df = read_manifest(manifest, task=task)
+        task = df.attrs["task"]
     if split is not None:
         keep = [split] if isinstance(split, str) else list(split)
         df = df[df["split"].isin(keep)].reset_index(drop=True)
-    if check_metadata:
-        meta = read_metadata(root)
-        msrc = meta.attrs.get("source", str(root))
-        check_against_metadata(df, pd.Index(meta["image"]), source=source, metadata=msrc)
-        ref = meta.set_index("image").loc[df["image"], list(FINDINGS)].to_numpy()
-        diff = np.flatnonzero((ref != df[list(FINDINGS)].to_numpy()).any(axis=1))
-        if len(diff):
-            msg = f"{source}: labels of {len(diff)} image(s) differ from {msrc}, first: {df['image'].iloc[diff[0]]}"
-            if len(diff) > max_label_mismatch * len(df):
-                raise DataError(msg + f" (more than {max_label_mismatch:.1%} of the rows: stale or foreign manifest?)")
-            warnings.warn(msg + "; using the manifest's labels", stacklevel=2)
-        pat = meta.set_index("image").loc[df["image"], "patient_id"].to_numpy()
-        bad = np.flatnonzero(pat != df["patient_id"].to_numpy())
-        if len(bad):
-            raise DataError(f"{source}: patient_id of {df['image'].iloc[bad[0]]} differs from {msrc}")
+    if meta is not None:
+        _check_labels_against_metadata(df, meta, task, source=source, max_label_mismatch=max_label_mismatch)
     images = df["image"].tolist()
     paths = resolve_image_paths(root, images, source=source)
     mask_paths = None
@@ -462,17 +320,12 @@ def load_image_set(root: str | Path, manifest: str | Path | pd.DataFrame, *, ima
         for i, n in enumerate(images):
             if not mask_paths[i] and n in boxes:
                 _fill_boxes(m[i], hw[i], boxes[n])
-    return ImageSet(
-        images=images,
-        patient_ids=df["patient_id"].to_numpy(np.int64),
-        x=x,
-        y=df[list(FINDINGS)].to_numpy(np.float32),
-        mask=m,
-    )
+    return ImageSet(images=images, patient_ids=df["patient_id"].to_numpy(np.int64), x=x,
+                    y=df[list(task.labels)].to_numpy(np.float32), mask=m, task=task)
 
 
 def make_dataset(image_set: ImageSet, *, batch_size: int, shuffle_seed: int | None = None, epochs: int = 1,
-                 with_masks: bool = False):
+                 with_masks: bool = False) -> Any:
     """``tf.data`` pipeline over an :class:`ImageSet`: cache -> seeded shuffle (reshuffled each
     epoch, deterministic for a seed) -> repeat(epochs) -> batch -> prefetch. Yields ``(x, y)`` or,
     with masks, ``(x, (y, mask))``."""

@@ -2,8 +2,10 @@
 institutional silos" Hospital-A/B/C).
 
 A manifest directory holds ``hospital_a.csv``, ``hospital_b.csv``, ... and ``test.csv`` (or the
-same names with ``.csv.gz``; both are read). Columns: ``image,patient_id,split,<14 findings as
-0/1>``; ``split`` is ``train`` or ``val`` inside hospital files and ``test`` in ``test.csv``.
+same names with ``.csv.gz``; both are read), and ``task.json`` (:mod:`bfdl_tff.data.tasks`; a
+directory without one holds the NIH task). Columns: ``image,patient_id,split,<task labels as
+0/1>`` (NIH: the 14 findings); ``split`` is ``train`` or ``val`` inside hospital files and
+``test`` in ``test.csv``.
 Every file is validated on read (columns, values, duplicates) and every write is atomic (temp
 file + rename), so a failing command never leaves a partial manifest behind. ``.csv.gz`` files
 are written deterministically (gzip mtime 0, no file name) so regeneration is byte-identical.
@@ -20,11 +22,20 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from bfdl_tff.data.labels import FINDINGS
+from bfdl_tff.data.tasks import NIH_TASK, Task, directory_task
 from bfdl_tff.errors import DataError
 from bfdl_tff.io_utils import atomic_write_bytes
 
-MANIFEST_COLUMNS: tuple[str, ...] = ("image", "patient_id", "split", *FINDINGS)
+KEY_COLUMNS: tuple[str, ...] = ("image", "patient_id", "split")
+
+
+def manifest_columns(task: Task = NIH_TASK) -> tuple[str, ...]:
+    """``image, patient_id, split, <task labels>``."""
+    return (*KEY_COLUMNS, *task.labels)
+
+
+#: Columns of an NIH-task manifest.
+MANIFEST_COLUMNS: tuple[str, ...] = manifest_columns(NIH_TASK)
 SPLITS = ("train", "val", "test")
 TEST_NAME = "test"
 _HOSPITAL_RE = re.compile(r"^hospital_[a-z]$")
@@ -85,20 +96,24 @@ def _expected_splits(path: Path) -> tuple[str, ...]:
     return SPLITS
 
 
-def validate_manifest(df: pd.DataFrame, *, source: str, expected_splits: Iterable[str] = SPLITS) -> pd.DataFrame:
-    """Check columns and values; return a normalised copy (int dtypes). Raises :class:`DataError`."""
+def validate_manifest(df: pd.DataFrame, *, source: str, expected_splits: Iterable[str] = SPLITS,
+                      task: Task = NIH_TASK) -> pd.DataFrame:
+    """Check columns and values against ``task``; return a normalised copy (int dtypes) with
+    ``attrs['task']`` set. Raises :class:`DataError`."""
     cols = list(df.columns)
-    if cols != list(MANIFEST_COLUMNS):
-        missing = [c for c in MANIFEST_COLUMNS if c not in cols]
-        extra = [c for c in cols if c not in MANIFEST_COLUMNS]
+    want = manifest_columns(task)
+    if cols != list(want):
+        missing = [c for c in want if c not in cols]
+        extra = [c for c in cols if c not in want]
         detail = []
         if missing:
-            detail.append(f"missing columns {missing}")
+            detail.append(f"missing columns {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         if extra:
-            detail.append(f"unknown columns {extra}")
+            detail.append(f"unknown columns {extra[:5]}{' ...' if len(extra) > 5 else ''}")
         if not detail:
             detail.append("columns out of order")
-        raise DataError(f"{source}: not a manifest ({'; '.join(detail)}); expected {','.join(MANIFEST_COLUMNS[:3])},<14 findings>")
+        what = "<14 findings>" if task == NIH_TASK else f"<{task.describe()}: {','.join(task.labels[:5])}>"
+        raise DataError(f"{source}: not a manifest ({'; '.join(detail)}); expected {','.join(KEY_COLUMNS)},{what}")
     out = df.copy()
     img = out["image"].astype(str)
     if (img.str.strip() == "").any() or out["image"].isna().any():
@@ -120,23 +135,31 @@ def validate_manifest(df: pd.DataFrame, *, source: str, expected_splits: Iterabl
         i = int(np.flatnonzero(badsplit.to_numpy())[0])
         raise DataError(f"{source}: row {i + 2}: split {split.iloc[i]!r} not allowed here (allowed: {', '.join(allowed)})")
     out["split"] = split
-    for f in FINDINGS:
+    for f in task.labels:
         v = pd.to_numeric(out[f], errors="coerce")
         badv = ~v.isin((0, 1))
         if badv.any():
             i = int(np.flatnonzero(badv.to_numpy())[0])
             raise DataError(f"{source}: row {i + 2}: column {f} must be 0 or 1, got {df[f].iloc[i]!r}")
         out[f] = v.astype(np.int8)
+    if task.kind == "multiclass" and len(out):
+        nset = out[list(task.labels)].sum(axis=1).to_numpy()
+        if (nset != 1).any():
+            i = int(np.flatnonzero(nset != 1)[0])
+            raise DataError(f"{source}: row {i + 2}: {int(nset[i])} classes set; a multiclass manifest is one-hot")
     # a patient lives in exactly one split of a file (no leakage train <-> val)
     per_patient = out.groupby("patient_id")["split"].nunique()
     leaky = per_patient[per_patient > 1]
     if len(leaky):
         raise DataError(f"{source}: {len(leaky)} patient(s) appear in more than one split, first: {list(leaky.index[:5])}")
-    return out.reset_index(drop=True)
+    out = out.reset_index(drop=True)
+    out.attrs["task"] = task
+    return out
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read and validate one manifest (``.csv`` or ``.csv.gz``)."""
+def read_manifest(path: str | Path, *, task: Task | None = None) -> pd.DataFrame:
+    """Read and validate one manifest (``.csv`` or ``.csv.gz``) against ``task`` (default: the
+    task of its directory, see :func:`bfdl_tff.data.tasks.directory_task`)."""
     path = Path(path)
     if not path.is_file():
         alt = [path.with_name(path.name + ".gz")] if path.name.endswith(".csv") else []
@@ -150,13 +173,19 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         df = pd.read_csv(path, dtype={"image": str, "split": str}, compression="infer", keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"{path}: unreadable manifest: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    return validate_manifest(df, source=str(path), expected_splits=_expected_splits(path))
+    task = task or directory_task(path.parent)
+    return validate_manifest(df, source=str(path), expected_splits=_expected_splits(path), task=task)
 
 
-def manifest_bytes(df: pd.DataFrame, *, gzip_output: bool) -> bytes:
-    """Canonical serialisation (LF line ends, fixed column order; gzip mtime 0 if asked)."""
+def _task_of(df: pd.DataFrame, task: Task | None) -> Task:
+    return task or df.attrs.get("task") or NIH_TASK
+
+
+def manifest_bytes(df: pd.DataFrame, *, gzip_output: bool, task: Task | None = None) -> bytes:
+    """Canonical serialisation (LF line ends, fixed column order; gzip mtime 0 if asked).
+    ``task`` defaults to ``df.attrs['task']``, else the NIH task."""
     buf = io.StringIO()
-    df.loc[:, list(MANIFEST_COLUMNS)].to_csv(buf, index=False, lineterminator="\n")
+    df.loc[:, list(manifest_columns(_task_of(df, task)))].to_csv(buf, index=False, lineterminator="\n")
     data = buf.getvalue().encode("utf-8")
     if not gzip_output:
         return data
@@ -166,11 +195,13 @@ def manifest_bytes(df: pd.DataFrame, *, gzip_output: bool) -> bytes:
     return out.getvalue()
 
 
-def write_manifest(path: str | Path, df: pd.DataFrame) -> Path:
-    """Validate ``df`` and write it atomically; gzip-compressed when ``path`` ends in ``.gz``."""
+def write_manifest(path: str | Path, df: pd.DataFrame, *, task: Task | None = None) -> Path:
+    """Validate ``df`` and write it atomically; gzip-compressed when ``path`` ends in ``.gz``.
+    (The directory's ``task.json`` is written by :func:`bfdl_tff.data.partition.write_partition`.)"""
     path = Path(path)
-    df = validate_manifest(df, source=str(path), expected_splits=_expected_splits(path))
-    atomic_write_bytes(path, manifest_bytes(df, gzip_output=path.name.endswith(".gz")))
+    task = _task_of(df, task)
+    df = validate_manifest(df, source=str(path), expected_splits=_expected_splits(path), task=task)
+    atomic_write_bytes(path, manifest_bytes(df, gzip_output=path.name.endswith(".gz"), task=task))
     return path
 
 
@@ -178,10 +209,16 @@ def read_manifest_dir(manifest_dir: str | Path) -> dict[str, pd.DataFrame]:
     """All manifests of a directory (hospitals in order, then ``test``), cross-validated:
     no image and no patient may appear in two files (patient-disjoint hospitals and test)."""
     d = Path(manifest_dir)
-    frames = {n: read_manifest(manifest_path(d, n)) for n in hospital_names(d)}
-    frames[TEST_NAME] = read_manifest(manifest_path(d, TEST_NAME))
+    task = directory_task(d)
+    frames = {n: read_manifest(manifest_path(d, n), task=task) for n in hospital_names(d)}
+    frames[TEST_NAME] = read_manifest(manifest_path(d, TEST_NAME), task=task)
     check_disjoint(frames, source=str(d))
     return frames
+
+
+def manifest_task(manifest_dir: str | Path) -> Task:
+    """The task of a manifest directory (``task.json``, else the NIH task)."""
+    return directory_task(manifest_dir)
 
 
 def check_disjoint(frames: Mapping[str, pd.DataFrame], *, source: str) -> None:

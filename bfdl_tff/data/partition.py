@@ -4,12 +4,16 @@ institutional silos", three hospitals, non-IID) plus a held-out, patient-disjoin
 The paper does not say how its silos were formed; these schemes are the sound, documented
 choices (see ``docs/data.md``). Every unit of assignment is a **patient** (all images of a
 patient go to one hospital, or to the test split), so hospitals and test are patient-disjoint.
+Labels follow the dataset's task (:mod:`bfdl_tff.data.tasks`; NIH: the 14 findings).
 
 - ``iid``: patients shuffled and cut into K parts of (nearly) equal image count.
-- ``dirichlet``: label skew. Each patient gets a primary class (the rarest finding among their
-  images by global prevalence, or "No Finding"); for every class, hospital shares are drawn from
-  Dirichlet(alpha * 1_K) and that class's patients are dealt out accordingly. Small alpha -> more
-  skew. Draws in which a hospital gets under 1/(4K) of the images are redrawn (deterministically).
+- ``dirichlet``: label skew. Each patient gets a primary class (the rarest label among their
+  images by global prevalence, or "none": NIH's No Finding, a binary task's negative class); for
+  every class, hospital shares are drawn from Dirichlet(alpha * 1_K) and that class's patients
+  are dealt out accordingly. Small alpha -> more skew. Draws in which a hospital gets under
+  1/(4K) of the images are redrawn (deterministically); for binary / multiclass tasks also draws
+  in which a hospital gets under 1/(4K) of a class's images. For a binary task this is a
+  Dirichlet over the label (positive / negative).
 - ``quantity``: quantity skew. Hospital sizes ~ 1/(4K) + (1 - 1/4) * Dirichlet(alpha * 1_K);
   patients shuffled and cut at those image fractions (label distribution ~ IID).
 - ``site``: hospital = acquisition site. For the synthetic source the ``site`` column
@@ -17,39 +21,43 @@ patient go to one hospital, or to the test split), so hospitals and test are pat
   into contiguous patient blocks; K < sites: site index mod K). Real NIH has no site field, so
   patients are grouped into K contiguous blocks of patient IDs (IDs follow acquisition order),
   a deterministic grouping; it is *not* a real multi-site shift.
+- ``view``: acquisition view from the real metadata (NIH ``View Position``: PA or AP; AP films
+  are typically portable, bedside / ICU acquisitions). ``hospital_a`` is an "ICU" hospital: the
+  patients with the highest fraction of AP images (ties in seeded random order) until it holds
+  1/K of the images; the other K-1 hospitals get the remaining patients at random in equal image
+  shares (PA-heavy). Needs K >= 2 and a ``view`` column (``Data_Entry_2017.csv``).
 
-Validation rows (``split = val``) are a patient-level ``val_fraction`` of each hospital. The test
-split is either a given image list (e.g. the official NIH ``test_list.txt``) or a seeded
-patient-level ``test_fraction`` that depends only on the seed (the same test set for every K and
-scheme). Everything is deterministic in the seed.
-
-Non-IID-ness is measured by the Jensen-Shannon divergence (base 2, in [0, 1]) between each
-hospital's label distribution (14 findings + No Finding, normalised counts) and the pooled one;
-:func:`non_iid_stats` reports the mean and max over hospitals and the coefficient of variation of
-the hospital sizes (quantity skew).
+Validation rows (``split = val``) are either given (``val_images``: e.g. MedMNIST's official val
+split, each image in the hospital it was dealt to) or a seeded patient-level ``val_fraction`` of
+each hospital. The test split is either a given image list (e.g. the official NIH
+``test_list.txt``) or a seeded patient-level ``test_fraction`` that depends only on the seed (the
+same test set for every K and scheme); with ``stratify_test`` the fraction is taken within each
+primary class, so every label keeps about ``test_fraction`` of its positives in test. Everything
+is deterministic in the seed. Statistics: :mod:`bfdl_tff.data.stats` (re-exported here).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from bfdl_tff.data.labels import FINDINGS, NO_FINDING
-from bfdl_tff.data.manifest import (
-    TEST_NAME,
-    check_disjoint,
-    display_name,
-    hospital_name,
-    manifest_bytes,
-    validate_manifest,
+from bfdl_tff.data.manifest import TEST_NAME, check_disjoint, hospital_name, manifest_bytes, validate_manifest
+from bfdl_tff.data.metadata import metadata_task
+from bfdl_tff.data.stats import (  # noqa: F401 - re-exported (the partition's statistics)
+    format_summary,
+    jensen_shannon,
+    label_distribution,
+    non_iid_stats,
+    summarize,
 )
+from bfdl_tff.data.tasks import NIH_TASK, TASK_FILE, Task, write_task_file
 from bfdl_tff.errors import DataError
 from bfdl_tff.io_utils import atomic_write_bytes
 
-SCHEMES = ("iid", "dirichlet", "quantity", "site")
+SCHEMES = ("iid", "dirichlet", "quantity", "site", "view")
 _SCHEME_CODE = {s: i for i, s in enumerate(SCHEMES)}
 
 
@@ -57,20 +65,25 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
 
 
-def patient_table(meta: pd.DataFrame) -> pd.DataFrame:
-    """One row per patient: ``patient_id, n_images, <14 counts>, primary, site?`` (sorted by id)."""
+def patient_table(meta: pd.DataFrame, *, labels: Iterable[str] | None = None) -> pd.DataFrame:
+    """One row per patient: ``patient_id, n_images, <label counts>, primary, site?, ap?`` (sorted
+    by id). ``primary`` indexes the rarest label the patient has (``len(labels)`` = none);
+    ``ap`` is the patient's fraction of AP-view images (when ``meta`` has a ``view`` column)."""
+    labels = list(labels or metadata_task(meta).labels)
     g = meta.groupby("patient_id", sort=True)
-    tab = g[list(FINDINGS)].sum()
+    tab = g[labels].sum()
     tab.insert(0, "n_images", g.size())
-    prev = meta[list(FINDINGS)].mean().to_numpy()
+    prev = meta[labels].mean().to_numpy()
     order = np.argsort(prev, kind="stable")  # rarest first
-    has = tab[list(FINDINGS)].to_numpy() > 0
-    primary = np.full(len(tab), len(FINDINGS), dtype=np.int64)  # 14 = No Finding
-    for j in order[::-1]:  # overwrite with rarer findings last
+    has = tab[labels].to_numpy() > 0
+    primary = np.full(len(tab), len(labels), dtype=np.int64)  # len(labels) = none
+    for j in order[::-1]:  # overwrite with rarer labels last
         primary[has[:, j]] = j
     tab["primary"] = primary
     if "site" in meta:
         tab["site"] = g["site"].first()
+    if "view" in meta:
+        tab["ap"] = (meta["view"] == "AP").groupby(meta["patient_id"], sort=True).mean()
     return tab.reset_index()
 
 
@@ -81,90 +94,158 @@ def _cut_by_images(n_images: np.ndarray, fractions: np.ndarray) -> np.ndarray:
     return np.searchsorted(edges, cum, side="right")
 
 
-def split_test(meta: pd.DataFrame, *, seed: int, test_fraction: float,
-               test_images: Iterable[str] | None = None, source: str = "<test list>") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return ``(pool, test)``: test = the given images, or a seeded patient-level fraction."""
+def _given_images(meta: pd.DataFrame, images: Iterable[str], *, what: str, source: str) -> pd.Series:
+    """Boolean mask of the given images; they must be known and patient-disjoint from the rest."""
+    wanted = pd.Index(list(images))
+    unknown = wanted[~wanted.isin(meta["image"])]
+    if len(unknown):
+        raise DataError(f"{source}: {len(unknown)} {what} image(s) not in the metadata, first: {', '.join(unknown[:5])}")
+    sel = meta["image"].isin(wanted)
+    shared = np.intersect1d(meta.loc[sel, "patient_id"].unique(), meta.loc[~sel, "patient_id"].unique())
+    if len(shared):
+        raise DataError(f"{source}: {what} list is not patient-disjoint: {len(shared)} patient(s) also have "
+                        f"non-{what} images, first: {shared[:5].tolist()}")
+    return sel
+
+
+def split_test(meta: pd.DataFrame, *, seed: int, test_fraction: float, test_images: Iterable[str] | None = None,
+               source: str = "<test list>", stratify: bool = False,
+               labels: Iterable[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return ``(pool, test)``: test = the given images, or a seeded patient-level fraction
+    (within each primary class if ``stratify``)."""
     if test_images is not None:
-        wanted = pd.Index(list(test_images))
-        unknown = wanted[~wanted.isin(meta["image"])]
-        if len(unknown):
-            raise DataError(f"{source}: {len(unknown)} test image(s) not in the metadata, first: {', '.join(unknown[:5])}")
-        is_test = meta["image"].isin(wanted)
-        shared = np.intersect1d(meta.loc[is_test, "patient_id"].unique(), meta.loc[~is_test, "patient_id"].unique())
-        if len(shared):
-            raise DataError(f"{source}: test list is not patient-disjoint: {len(shared)} patient(s) also have non-test images, first: {shared[:5].tolist()}")
+        is_test = _given_images(meta, test_images, what="test", source=source)
         return meta[~is_test], meta[is_test]
-    pats = patient_table(meta)
-    perm = _rng(seed, 0x7E57).permutation(len(pats))
-    n = pats["n_images"].to_numpy()[perm]
-    k = int(np.searchsorted(np.cumsum(n), test_fraction * n.sum(), side="left")) + 1
-    k = min(max(k, 1), len(pats) - 1)
+    pats = patient_table(meta, labels=labels)
     if len(pats) < 2:
         raise DataError(f"{source}: need at least 2 patients to hold out a test split")
-    test_pat = pats["patient_id"].to_numpy()[perm[:k]]
-    is_test = meta["patient_id"].isin(test_pat)
+    n_all = pats["n_images"].to_numpy()
+    if stratify:
+        rng = _rng(seed, 0x7E57, 1)
+        take = np.zeros(len(pats), dtype=bool)
+        classes = pats["primary"].to_numpy()
+        for c in np.unique(classes):
+            idx = np.flatnonzero(classes == c)
+            idx = idx[rng.permutation(len(idx))]
+            take[idx] = _cut_by_images(n_all[idx], np.array([test_fraction, 1.0 - test_fraction])) == 0
+        if take.all() or not take.any():
+            take[:] = False
+            take[rng.permutation(len(pats))[:1]] = True
+    else:
+        perm = _rng(seed, 0x7E57).permutation(len(pats))
+        n = n_all[perm]
+        k = int(np.searchsorted(np.cumsum(n), test_fraction * n.sum(), side="left")) + 1
+        k = min(max(k, 1), len(pats) - 1)
+        take = np.zeros(len(pats), dtype=bool)
+        take[perm[:k]] = True
+    is_test = meta["patient_id"].isin(pats["patient_id"].to_numpy()[take])
     return meta[~is_test], meta[is_test]
 
 
+def _class_floor_ok(out: np.ndarray, n_img: np.ndarray, sel: np.ndarray, hospitals: int, min_share: float) -> bool:
+    got = np.bincount(out[sel], weights=n_img[sel], minlength=hospitals)
+    return bool(got.min() >= max(1.0, min_share * n_img[sel].sum()))
+
+
+def _assign_dirichlet(pats: pd.DataFrame, hospitals: int, alpha: float, rng: np.random.Generator,
+                      min_share: float, source: str, *, every_class: bool = False) -> np.ndarray:
+    """Dirichlet label skew; draws are repeated until every hospital holds >= ``min_share`` of the
+    images and (``every_class``: binary / multiclass tasks) >= ``min_share`` (and >= 1 image) of
+    every class that has >= 2K patients, so every hospital trains and validates on every class."""
+    n_img = pats["n_images"].to_numpy()
+    classes = pats["primary"].to_numpy()
+    uniq, n_cls = np.unique(classes, return_counts=True)
+    must = uniq[n_cls >= 2 * hospitals] if every_class else uniq[:0]
+    out = np.empty(len(pats), dtype=np.int64)
+    for _ in range(1000):
+        for c in uniq:
+            idx = np.flatnonzero(classes == c)
+            idx = idx[rng.permutation(len(idx))]
+            q = rng.dirichlet(np.full(hospitals, alpha))
+            out[idx] = _cut_by_images(n_img[idx], q)
+        sizes = np.bincount(out, weights=n_img, minlength=hospitals)
+        counts = np.bincount(out, minlength=hospitals)
+        if (sizes.min() >= min_share * n_img.sum() and counts.min() >= 2
+                and all(_class_floor_ok(out, n_img, classes == c, hospitals, min_share) for c in must)):
+            return out
+    raise DataError(f"{source}: dirichlet(alpha={alpha}) could not give every one of {hospitals} hospitals "
+                    f">= {min_share:.3f} of the images{' and every class' if every_class else ''} in 1000 draws; "
+                    f"use a larger alpha or fewer hospitals")
+
+
+def _assign_site(pats: pd.DataFrame, hospitals: int) -> np.ndarray:
+    n_img = pats["n_images"].to_numpy()
+    if "site" not in pats:  # real NIH: contiguous patient-ID blocks
+        return _cut_by_images(n_img, np.full(hospitals, 1.0 / hospitals))
+    out = np.empty(len(pats), dtype=np.int64)
+    site = pats["site"].to_numpy()
+    sites = np.unique(site)
+    n_sites = len(sites)
+    site_rank = np.searchsorted(sites, site)
+    if hospitals <= n_sites:
+        return site_rank % hospitals
+    per_site = [len(range(s, hospitals, n_sites)) for s in range(n_sites)]
+    first = np.concatenate([[0], np.cumsum(per_site)[:-1]])
+    for s in range(n_sites):
+        idx = np.flatnonzero(site_rank == s)  # already sorted by patient id
+        out[idx] = first[s] + _cut_by_images(n_img[idx], np.full(per_site[s], 1.0 / per_site[s]))
+    return out
+
+
+def _assign_view(pats: pd.DataFrame, hospitals: int, rng: np.random.Generator, source: str) -> np.ndarray:
+    if "ap" not in pats:
+        raise DataError(f"{source}: scheme 'view' needs each image's View Position (NIH Data_Entry_2017.csv); "
+                        f"this metadata has none")
+    if hospitals < 2:
+        raise DataError(f"{source}: scheme 'view' needs at least 2 hospitals (an ICU hospital and the others)")
+    n_img = pats["n_images"].to_numpy()
+    perm = rng.permutation(len(pats))
+    order = perm[np.argsort(-pats["ap"].to_numpy()[perm], kind="stable")]  # most AP first, ties random
+    icu = _cut_by_images(n_img[order], np.array([1.0 / hospitals, 1.0 - 1.0 / hospitals])) == 0
+    out = np.empty(len(pats), dtype=np.int64)
+    out[order[icu]] = 0
+    rest = order[~icu]
+    rest = rest[rng.permutation(len(rest))]
+    out[rest] = 1 + _cut_by_images(n_img[rest], np.full(hospitals - 1, 1.0 / (hospitals - 1)))
+    return out
+
+
 def assign_hospitals(pool: pd.DataFrame, *, hospitals: int, scheme: str, seed: int, alpha: float = 0.5,
-                     source: str = "<dataset>") -> dict[int, int]:
-    """patient_id -> hospital index (0-based) for the patients of ``pool``."""
+                     source: str = "<dataset>", task: Task | None = None) -> dict[int, int]:
+    """patient_id -> hospital index (0-based) for the patients of ``pool`` (task: the pool's)."""
+    task = task or metadata_task(pool)
+    labels = task.labels
     if scheme not in SCHEMES:
         raise DataError(f"{source}: unknown partition scheme {scheme!r} (known: {', '.join(SCHEMES)})")
     if hospitals < 1:
         raise DataError(f"{source}: hospitals must be >= 1, got {hospitals}")
     if alpha <= 0:
         raise DataError(f"{source}: alpha must be > 0, got {alpha}")
-    pats = patient_table(pool)
+    pats = patient_table(pool, labels=labels)
     if len(pats) < 2 * hospitals:
         raise DataError(f"{source}: {len(pats)} patient(s) cannot fill {hospitals} hospitals (need >= 2 each)")
     n_img = pats["n_images"].to_numpy()
-    pid = pats["patient_id"].to_numpy()
     rng = _rng(seed, hospitals, _SCHEME_CODE[scheme], 0xB0D1)
     min_share = 1.0 / (4 * hospitals)
-    out = np.empty(len(pats), dtype=np.int64)
     if scheme == "iid":
+        out = np.empty(len(pats), dtype=np.int64)
         perm = rng.permutation(len(pats))
         out[perm] = _cut_by_images(n_img[perm], np.full(hospitals, 1.0 / hospitals))
     elif scheme == "quantity":
+        out = np.empty(len(pats), dtype=np.int64)
         frac = min_share + (1 - hospitals * min_share) * rng.dirichlet(np.full(hospitals, alpha))
         perm = rng.permutation(len(pats))
         out[perm] = _cut_by_images(n_img[perm], frac)
     elif scheme == "dirichlet":
-        classes = pats["primary"].to_numpy()
-        for attempt in range(1000):
-            for c in np.unique(classes):
-                idx = np.flatnonzero(classes == c)
-                idx = idx[rng.permutation(len(idx))]
-                q = rng.dirichlet(np.full(hospitals, alpha))
-                out[idx] = _cut_by_images(n_img[idx], q)
-            sizes = np.bincount(out, weights=n_img, minlength=hospitals)
-            counts = np.bincount(out, minlength=hospitals)
-            if sizes.min() >= min_share * n_img.sum() and counts.min() >= 2:
-                break
-        else:
-            raise DataError(f"{source}: dirichlet(alpha={alpha}) could not give every one of {hospitals} hospitals "
-                            f">= {min_share:.3f} of the images in 1000 draws; use a larger alpha or fewer hospitals")
-    else:  # site
-        if "site" in pats:
-            site = pats["site"].to_numpy()
-            sites = np.unique(site)
-            n_sites = len(sites)
-            site_rank = np.searchsorted(sites, site)
-            if hospitals <= n_sites:
-                out[:] = site_rank % hospitals
-            else:
-                per_site = [len(range(s, hospitals, n_sites)) for s in range(n_sites)]
-                first = np.concatenate([[0], np.cumsum(per_site)[:-1]])
-                for s in range(n_sites):
-                    idx = np.flatnonzero(site_rank == s)  # already sorted by patient id
-                    out[idx] = first[s] + _cut_by_images(n_img[idx], np.full(per_site[s], 1.0 / per_site[s]))
-        else:
-            out[:] = _cut_by_images(n_img, np.full(hospitals, 1.0 / hospitals))
+        out = _assign_dirichlet(pats, hospitals, alpha, rng, min_share, source, every_class=task.kind != "multilabel")
+    elif scheme == "view":
+        out = _assign_view(pats, hospitals, rng, source)
+    else:
+        out = _assign_site(pats, hospitals)
     counts = np.bincount(out, minlength=hospitals)
     if counts.min() < 1:
         raise DataError(f"{source}: scheme {scheme!r} left hospital {hospital_name(int(np.argmin(counts)))} empty")
-    return dict(zip(pid.tolist(), out.tolist()))
+    return dict(zip(pats["patient_id"].tolist(), out.tolist()))
 
 
 def mark_validation(df: pd.DataFrame, *, val_fraction: float, rng: np.random.Generator) -> pd.Series:
@@ -184,46 +265,66 @@ def mark_validation(df: pd.DataFrame, *, val_fraction: float, rng: np.random.Gen
     return split
 
 
-def _manifest_frame(rows: pd.DataFrame, split: pd.Series | str) -> pd.DataFrame:
+def _manifest_frame(rows: pd.DataFrame, split: pd.Series | str, task: Task) -> pd.DataFrame:
     out = pd.DataFrame({"image": rows["image"].to_numpy(), "patient_id": rows["patient_id"].to_numpy()})
     out["split"] = split.to_numpy() if isinstance(split, pd.Series) else split
-    for f in FINDINGS:
+    for f in task.labels:
         out[f] = rows[f].to_numpy().astype(np.int8)
-    return out.sort_values("image", kind="stable").reset_index(drop=True)
+    out = out.sort_values("image", kind="stable").reset_index(drop=True)
+    out.attrs["task"] = task
+    return out
 
 
 def partition(meta: pd.DataFrame, *, hospitals: int, scheme: str, seed: int, alpha: float = 0.5,
               test_fraction: float = 0.2, val_fraction: float = 0.1, test_images: Iterable[str] | None = None,
-              source: str = "<dataset>") -> dict[str, pd.DataFrame]:
-    """Manifests ``{hospital_a: df, ..., test: df}`` (see module docstring)."""
+              val_images: Iterable[str] | None = None, stratify_test: bool = False,
+              source: str = "<dataset>", task: Task | None = None) -> dict[str, pd.DataFrame]:
+    """Manifests ``{hospital_a: df, ..., test: df}`` (see module docstring); each frame carries
+    ``attrs['task']`` (``task``, else the metadata's)."""
+    task = task or metadata_task(meta)
     if meta["image"].duplicated().any():
         raise DataError(f"{source}: duplicate images in the metadata, first: {meta['image'][meta['image'].duplicated()].iloc[0]}")
-    pool, test = split_test(meta, seed=seed, test_fraction=test_fraction, test_images=test_images, source=source)
-    owner = assign_hospitals(pool, hospitals=hospitals, scheme=scheme, seed=seed, alpha=alpha, source=source)
+    pool, test = split_test(meta, seed=seed, test_fraction=test_fraction, test_images=test_images, source=source,
+                            stratify=stratify_test, labels=task.labels)
+    is_val = None
+    if val_images is not None:
+        is_val = _given_images(pool, val_images, what="val", source=source).to_numpy()
+    owner = assign_hospitals(pool, hospitals=hospitals, scheme=scheme, seed=seed, alpha=alpha, source=source, task=task)
     h = pool["patient_id"].map(owner).to_numpy()
     parts: dict[str, pd.DataFrame] = {}
     for k in range(hospitals):
         rows = pool[h == k]
-        split = mark_validation(rows, val_fraction=val_fraction, rng=_rng(seed, hospitals, _SCHEME_CODE[scheme], k, 0x7A1))
-        parts[hospital_name(k)] = _manifest_frame(rows, split)
-    parts[TEST_NAME] = _manifest_frame(test, "test")
+        if is_val is not None:
+            split = pd.Series(np.where(is_val[h == k], "val", "train"), index=rows.index)
+        else:
+            split = mark_validation(rows, val_fraction=val_fraction, rng=_rng(seed, hospitals, _SCHEME_CODE[scheme], k, 0x7A1))
+        parts[hospital_name(k)] = _manifest_frame(rows, split, task)
+    parts[TEST_NAME] = _manifest_frame(test, "test", task)
     check_disjoint(parts, source=source)
     return parts
 
 
-def write_partition(out_dir: str | Path, parts: Mapping[str, pd.DataFrame], *, gzip_output: bool = False) -> list[Path]:
-    """Write every manifest atomically. All files are serialised and validated first, so a
-    failure writes nothing; stale ``hospital_*`` files of another K are removed."""
+def write_partition(out_dir: str | Path, parts: Mapping[str, pd.DataFrame], *, gzip_output: bool = False,
+                    task: Task | None = None) -> list[Path]:
+    """Write every manifest atomically (and ``task.json`` unless the task is NIH's). All files are
+    serialised and validated first, so a failure writes nothing; stale ``hospital_*`` files of
+    another K are removed."""
     out_dir = Path(out_dir)
+    task = task or (next(iter(parts.values())).attrs.get("task") if parts else None) or NIH_TASK
     ext = ".csv.gz" if gzip_output else ".csv"
     blobs = {}
     for name, df in parts.items():
         path = out_dir / f"{name}{ext}"
-        df = validate_manifest(df, source=str(path), expected_splits=("test",) if name == TEST_NAME else ("train", "val"))
-        blobs[path] = manifest_bytes(df, gzip_output=gzip_output)
+        df = validate_manifest(df, source=str(path), expected_splits=("test",) if name == TEST_NAME else ("train", "val"),
+                               task=task)
+        blobs[path] = manifest_bytes(df, gzip_output=gzip_output, task=task)
     check_disjoint(parts, source=str(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    if task != NIH_TASK:  # the task first: manifests are never readable under a stale task
+        written.append(write_task_file(out_dir, task))
+    elif (out_dir / TASK_FILE).exists():
+        (out_dir / TASK_FILE).unlink()
     for path, data in blobs.items():
         atomic_write_bytes(path, data)
         written.append(path)
@@ -236,92 +337,3 @@ def write_partition(out_dir: str | Path, parts: Mapping[str, pd.DataFrame], *, g
     if stale.exists():
         stale.unlink()
     return written
-
-
-# --------------------------------------------------------------------------------------------
-# Statistics
-# --------------------------------------------------------------------------------------------
-
-
-def label_distribution(df: pd.DataFrame) -> np.ndarray:
-    """Normalised counts over 14 findings + No Finding (length 15)."""
-    y = df[list(FINDINGS)].to_numpy()
-    c = np.concatenate([y.sum(axis=0), [(y.sum(axis=1) == 0).sum()]]).astype(np.float64)
-    return c / c.sum() if c.sum() > 0 else c
-
-
-def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
-    """Jensen-Shannon divergence in bits (0 = identical, 1 = disjoint support)."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    m = 0.5 * (p + q)
-
-    def kl(a: np.ndarray, b: np.ndarray) -> float:
-        nz = a > 0
-        return float(np.sum(a[nz] * np.log2(a[nz] / b[nz])))
-
-    return 0.5 * kl(p, m) + 0.5 * kl(q, m)
-
-
-def non_iid_stats(parts: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
-    """Label skew (JSD of each hospital vs pooled hospitals) and quantity skew (CV of sizes)."""
-    hosp = {n: df for n, df in parts.items() if n != TEST_NAME}
-    pooled = label_distribution(pd.concat(list(hosp.values())))
-    jsd = {n: jensen_shannon(label_distribution(df), pooled) for n, df in hosp.items()}
-    sizes = np.array([len(df) for df in hosp.values()], dtype=np.float64)
-    return {
-        "jsd": jsd,
-        "mean_jsd": float(np.mean(list(jsd.values()))) if jsd else 0.0,
-        "max_jsd": float(np.max(list(jsd.values()))) if jsd else 0.0,
-        "size_cv": float(sizes.std() / sizes.mean()) if len(sizes) and sizes.mean() > 0 else 0.0,
-    }
-
-
-def summarize(parts: Mapping[str, pd.DataFrame], *, meta: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Per-manifest counts, patients, label prevalence (and sites when ``meta`` has them)."""
-    rows = {}
-    site_of = meta.set_index("image")["site"] if meta is not None and "site" in meta else None
-    for name, df in parts.items():
-        y = df[list(FINDINGS)].to_numpy()
-        row: dict[str, Any] = {
-            "images": int(len(df)),
-            "patients": int(df["patient_id"].nunique()),
-            "train": int((df["split"] == "train").sum()),
-            "val": int((df["split"] == "val").sum()),
-            "test": int((df["split"] == "test").sum()),
-            "prevalence": {f: float(v) for f, v in zip(FINDINGS, y.mean(axis=0) if len(y) else np.zeros(len(FINDINGS)))},
-            "no_finding": float((y.sum(axis=1) == 0).mean()) if len(y) else 0.0,
-        }
-        if site_of is not None:
-            s = site_of.reindex(df["image"]).dropna().astype(int)
-            row["sites"] = {str(k): int(v) for k, v in s.value_counts().sort_index().items()}
-        rows[name] = row
-    return {"manifests": rows, "non_iid": non_iid_stats(parts)}
-
-
-_ABBR = {"Atelectasis": "Atel", "Cardiomegaly": "Card", "Effusion": "Effu", "Infiltration": "Infi", "Mass": "Mass",
-         "Nodule": "Nodu", "Pneumonia": "Pna", "Pneumothorax": "Ptx", "Consolidation": "Cons", "Edema": "Edem",
-         "Emphysema": "Emph", "Fibrosis": "Fibr", "Pleural_Thickening": "PlTh", "Hernia": "Hern"}
-
-
-def format_summary(summary: Mapping[str, Any]) -> str:
-    """Human-readable table of :func:`summarize` output."""
-    lines = []
-    head = f"{'manifest':<12} {'images':>7} {'patients':>8} {'train':>6} {'val':>5} {'test':>6}  {'NoF':>5} " + " ".join(
-        f"{_ABBR[f]:>5}" for f in FINDINGS)
-    lines.append(head)
-    for name, r in summary["manifests"].items():
-        lines.append(
-            f"{display_name(name):<12} {r['images']:>7} {r['patients']:>8} {r['train']:>6} {r['val']:>5} {r['test']:>6}  "
-            f"{r['no_finding']:>5.3f} " + " ".join(f"{r['prevalence'][f]:>5.3f}" for f in FINDINGS)
-        )
-        if "sites" in r:
-            lines.append(f"{'':<12} sites: " + ", ".join(f"{k}: {v}" for k, v in r["sites"].items()))
-    ni = summary["non_iid"]
-    lines.append(
-        "non-IID: mean JSD(hospital || pooled) = {:.4f} bits, max = {:.4f}; hospital size CV = {:.3f}".format(
-            ni["mean_jsd"], ni["max_jsd"], ni["size_cv"])
-    )
-    lines.append("  per hospital JSD: " + ", ".join(f"{display_name(k)} {v:.4f}" for k, v in ni["jsd"].items()))
-    lines.append(f"(prevalence columns: {', '.join(f'{_ABBR[f]}={f}' for f in FINDINGS)}; NoF={NO_FINDING})")
-    return "\n".join(lines)

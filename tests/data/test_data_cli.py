@@ -115,6 +115,21 @@ def test_checked_in_nih_k3(capsys):
         assert json.loads((d / "partition.json").read_text())["hospitals"] == k
     sums = (nih.NIH_DIR / "SHA256SUMS").read_text()
     assert "k10/hospital_j.csv.gz" in sums and "metadata/chexnet_split/train_list.txt.gz" in sums
+    assert "view_k3/hospital_a.csv.gz" in sums and "metadata/full_metadata/Data_Entry_2017_v2020.csv.gz" in sums
+
+
+def test_checked_in_view_k3():
+    frames = read_manifest_dir(nih.NIH_DIR / "view_k3")
+    assert sum(len(f) for f in frames.values()) == 112120
+    assert frames["test"]["image"].tolist() == sorted(nih.official_test_images())
+    from bfdl_tff.data import loader
+
+    full = loader.read_data_entry(nih.NIH_DIR / "metadata" / nih.FULL_TABLE)
+    view = full.set_index("image")["view"]
+    ap = {n: float((view[f["image"]] == "AP").mean()) for n, f in frames.items()}
+    info = json.loads((nih.NIH_DIR / "view_k3" / "partition.json").read_text())
+    assert info["scheme"] == "view" and all(abs(info["ap_fraction"][n] - ap[n]) < 1e-6 for n in ap)
+    assert ap["hospital_a"] > 0.7 and ap["hospital_b"] < 0.2 and ap["hospital_c"] < 0.2
 
 
 def test_tampered_manifest_detected(tmp_path: Path):
@@ -128,6 +143,29 @@ def test_tampered_manifest_detected(tmp_path: Path):
     (d / "k3" / "hospital_a.csv.gz").write_bytes(manifest_bytes(df, gzip_output=True))
     with pytest.raises(DataError, match=r"differ from a fresh regeneration, first: k3/hospital_a\.csv\.gz"):
         nih.regenerate(d, check=True, ks=(3,))
+
+
+def test_partition_cli_view_and_stratified(ds: Path, tmp_path: Path, capsys):
+    m = tmp_path / "view"
+    capsys.readouterr()
+    assert main(["data", "partition", "--root", str(ds), "--hospitals", "3", "--scheme", "view", "--seed", "1",
+                 "--out", str(m), "--stratify-test", "--test-fraction", "0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "AP fraction" in out and "positives per label" in out
+    info = json.loads((m / "partition.json").read_text())
+    assert info["scheme"] == "view" and info["stratify_test"] is True and info["ap_fraction"]["hospital_a"] > info["ap_fraction"]["hospital_b"]
+    assert set(info["positives"]["test"]) == set(info["positives"]["hospital_a"]) and info["task"]["kind"] == "multilabel"
+
+
+def test_cli_choice_literals_match_the_library():
+    from bfdl_tff.commands import data as cmd
+    from bfdl_tff.config import DataConfig
+    from bfdl_tff.data import partition, tasks
+
+    assert cmd.SCHEMES == partition.SCHEMES and cmd.TASK_CHOICES == tasks.TASK_KINDS
+    field = {f.name: f for f in dataclasses.fields(DataConfig)}
+    assert tuple(field["scheme"].metadata["choices"]) == partition.SCHEMES
+    assert tuple(field["task"].metadata["choices"])[1:] == tasks.TASK_KINDS
 
 
 def test_prepare_chestmnist(tmp_path: Path):
@@ -149,5 +187,5 @@ def test_prepare_chestmnist(tmp_path: Path):
     t = loader.load_image_set(p.root, p.manifest_dir / "test.csv", image_size=28)
     ref = chestmnist.load_chestmnist(tmp_path / "chestmnist.npz", split="test")
     assert t.images == ref.images and np.allclose(t.x, ref.x, atol=1e-6) and (t.y == ref.y).all()
-    with pytest.raises(DataError, match="data.npz"):
+    with pytest.raises(DataError, match="data.npz: source 'chestmnist' needs"):
         prepare.prepare_data(DataConfig(source="chestmnist", root=str(tmp_path / "x")), seed=0, manifest_dir=tmp_path / "y")

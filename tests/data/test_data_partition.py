@@ -145,3 +145,56 @@ def test_summary_text(meta: pd.DataFrame):
     assert "Hospital-A" in text and "mean JSD" in text and "sites:" in text
     assert s["manifests"]["hospital_a"]["patients"] == parts["hospital_a"]["patient_id"].nunique()
     assert abs(s["manifests"]["test"]["prevalence"]["Effusion"] - parts["test"]["Effusion"].mean()) < 1e-12
+
+
+def test_view_scheme_makes_an_ap_heavy_icu_hospital(meta: pd.DataFrame):
+    view = meta.set_index("image")["view"]
+    overall = float((meta["view"] == "AP").mean())
+    for k in (2, 3, 4):
+        parts = partition.partition(meta, hospitals=k, scheme="view", seed=0)
+        _check_partition(parts, meta, k)
+        ap = {n: float((view[df["image"]] == "AP").mean()) for n, df in parts.items() if n != "test"}
+        others = [v for n, v in ap.items() if n != "hospital_a"]
+        assert ap["hospital_a"] > overall + 0.15 and max(others) < overall, (k, ap, overall)
+        sizes = [len(df) for n, df in parts.items() if n != "test"]
+        assert max(sizes) / min(sizes) < 1.3  # equal image shares
+        s = partition.summarize(parts, meta=meta)
+        assert abs(s["manifests"]["hospital_a"]["ap_fraction"] - ap["hospital_a"]) < 1e-12
+        assert "AP fraction" in partition.format_summary(s)
+    with pytest.raises(DataError, match=r"scheme 'view' needs each image's View Position"):
+        partition.partition(meta.drop(columns=["view"]), hospitals=3, scheme="view", seed=0, source="lists")
+    with pytest.raises(DataError, match="at least 2 hospitals"):
+        partition.partition(meta, hospitals=1, scheme="view", seed=0)
+
+
+def test_stratified_test_split_keeps_rare_label_positives(meta: pd.DataFrame):
+    from bfdl_tff.data.labels import FINDINGS
+
+    pos = meta[list(FINDINGS)].sum()
+    rare = pos.idxmin()  # Hernia in NIH statistics
+    plain_err, strat_err = [], []
+    for seed in range(6):
+        _, t_plain = partition.split_test(meta, seed=seed, test_fraction=0.2)
+        _, t_strat = partition.split_test(meta, seed=seed, test_fraction=0.2, stratify=True)
+        plain_err.append(abs(t_plain[rare].sum() - 0.2 * pos[rare]))
+        strat_err.append(abs(t_strat[rare].sum() - 0.2 * pos[rare]))
+        assert 0.15 < len(t_strat) / len(meta) < 0.25
+        assert not set(t_strat["patient_id"]) & set(meta.loc[~meta.image.isin(t_strat.image), "patient_id"])
+    assert max(strat_err) <= 2 and np.mean(strat_err) <= np.mean(plain_err), (strat_err, plain_err)
+    a = partition.partition(meta, hospitals=3, scheme="iid", seed=3, stratify_test=True)["test"]
+    b = partition.partition(meta, hospitals=5, scheme="dirichlet", seed=3, stratify_test=True)["test"]
+    assert a["image"].tolist() == b["image"].tolist()  # depends on the seed only
+
+
+def test_given_val_images(meta: pd.DataFrame):
+    pats = sorted(meta["patient_id"].unique())
+    test_imgs = meta.loc[meta.patient_id.isin(pats[:50]), "image"].tolist()
+    val_imgs = meta.loc[meta.patient_id.isin(pats[100:160]), "image"].tolist()
+    parts = partition.partition(meta, hospitals=3, scheme="dirichlet", seed=0, test_images=test_imgs, val_images=val_imgs)
+    got = sorted(i for n, df in parts.items() if n != "test" for i in df.loc[df.split == "val", "image"])
+    assert got == sorted(val_imgs) and sorted(parts["test"]["image"]) == sorted(test_imgs)
+    multi = meta[meta.patient_id.isin(pats[50:])].groupby("patient_id").size()
+    p = int(multi[multi > 1].index[0])
+    one = meta.loc[meta.patient_id == p, "image"].iloc[:1].tolist()  # the patient's other images stay train
+    with pytest.raises(DataError, match=r"val list is not patient-disjoint: 1 patient"):
+        partition.partition(meta, hospitals=3, scheme="iid", seed=0, test_images=test_imgs, val_images=one)

@@ -14,6 +14,7 @@ from PIL import Image
 from bfdl_tff.data import chestmnist, federation, loader, partition, synth
 from bfdl_tff.data.labels import FINDINGS
 from bfdl_tff.data.manifest import write_manifest
+from bfdl_tff.data.tasks import NIH_TASK
 from bfdl_tff.errors import DataError
 
 HEADER_2017 = synth.DATA_ENTRY_HEADER_2017
@@ -123,6 +124,30 @@ def test_v2020_layout_and_age_formats(tmp_path: Path):
         assert meta["age"].tolist() == [58, 58]
 
 
+def test_data_entry_gzip_both_layouts(tmp_path: Path):
+    import gzip
+
+    rows = [("00000001_000.png", "Cardiomegaly|Emphysema"), ("00000002_000.png", "No Finding")]
+    plain = {}
+    for layout in ("2017", "v2020"):
+        root = tmp_path / layout
+        p = _write_entry(root, rows, layout=layout)
+        plain[layout] = loader.read_metadata(root)
+        gz = tmp_path / f"gz{layout}" / ("Data_Entry_2017.csv.gz" if layout == "2017" else "Data_Entry_2017_v2020.csv.gz")
+        gz.parent.mkdir()
+        gz.write_bytes(gzip.compress(p.read_bytes()))
+        assert loader.detect_data_entry_layout(gz) == layout
+        meta = loader.read_metadata(gz.parent)
+        assert meta.attrs["source"] == str(gz)
+        pd.testing.assert_frame_equal(meta, plain[layout])
+    gz.write_bytes(gzip.compress(gzip.decompress(gz.read_bytes()) + b"00000003_000.png,No Finding,0\n"))
+    with pytest.raises(DataError, match=r"Data_Entry_2017_v2020\.csv\.gz: malformed CSV: line 4 has 3 fields, the v2020 layout has 11"):
+        loader.read_metadata(gz.parent)
+    gz.write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(DataError, match=r"Data_Entry_2017_v2020\.csv\.gz: cannot read"):
+        loader.read_metadata(gz.parent)
+
+
 def test_chexnet_lists(tmp_path: Path):
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / "train_list.txt").write_text("00000001_000.png " + " ".join(["0"] * 13 + ["1"]) + "\n")
@@ -208,14 +233,15 @@ def test_chestmnist(tmp_path: Path):
     assert info["counts"] == {"train": 12, "val": 4, "test": 6}
     meta = loader.read_metadata(tmp_path / "exp")
     assert len(meta) == 22
-    back = loader.load_image_set(tmp_path / "exp", _manifest_of(meta[meta["list"] == "val"]), image_size=28)
+    assert loader.metadata_task(meta) == NIH_TASK and (meta["split"] == "val").sum() == 4
+    back = loader.load_image_set(tmp_path / "exp", _manifest_of(meta[meta["split"] == "val"]), image_size=28)
     assert np.allclose(back.x, loader_set.x, atol=1e-6)
     bad = tmp_path / "bad.npz"
     np.savez(bad, train_images=data["train_images"])
-    with pytest.raises(DataError, match=r"bad\.npz: missing key train_labels"):
+    with pytest.raises(DataError, match=r"bad\.npz: missing arrays 'train_labels', 'val_images'"):
         chestmnist.load_chestmnist(bad, split="train")
     np.savez(bad, **{**data, "val_labels": np.zeros((4, 13))})
-    with pytest.raises(DataError, match=r"val_labels must be \(4, 14\)"):
+    with pytest.raises(DataError, match=r"val_labels: labels have shape \(4, 13\), the multilabel over 14 labels task"):
         chestmnist.load_chestmnist(bad, split="val")
 
 

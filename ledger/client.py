@@ -17,13 +17,11 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from bfdl_tff.errors import BfdlError
 from ledger import merkle
 from ledger import messages as M
+from ledger.errors import LedgerError
 
-
-class LedgerError(BfdlError):
-    """A ledger operation failed (no commit within the bound, no f+1 agreement, bad config)."""
+__all__ = ["LedgerError", "Receipt", "ReplyCollector", "locate_certified", "receipt_from_block", "verify_chain"]
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,8 @@ from ledger import messages as M
 from ledger import pbft
 from ledger.block import Block, BlockHeader, genesis_block
 from ledger.contracts import ContractState, Genesis, TxResult
+from ledger.errors import SnapshotError, StorageCorruptError
 from ledger.tx import Transaction, TxDecodeError
-
-
-class SnapshotError(ValueError):
-    pass
 
 
 class MemoryChain:
@@ -297,8 +294,6 @@ class NodeSpec:
 
 
 def _corrupt(chain: Any, problem: str) -> Exception:
-    from ledger.storage import StorageCorruptError
-
     store = getattr(chain, "store", None)
     return StorageCorruptError(getattr(store, "path", "<memory chain>"), None, problem)
 

@@ -29,30 +29,14 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from bfdl_tff.errors import BfdlError
-
 from .block import Block, BlockDecodeError, BlockHeader, genesis_block
 from .contracts import TxResult
+from .errors import StorageCorruptError, StorageError
 from .tx import Transaction, TxDecodeError
 
 __all__ = ["LedgerStore", "StorageCorruptError", "StorageError"]
 
 SCHEMA_VERSION = "1"
-
-
-class StorageError(BfdlError):
-    """A write would break the chain (wrong height or previous hash), or the store is closed."""
-
-
-class StorageCorruptError(BfdlError):
-    """The database is damaged or was altered; names the file and the first bad block."""
-
-    def __init__(self, path: str, height: int | None, problem: str) -> None:
-        self.path = path
-        self.height = height
-        self.problem = problem
-        where = f"block {height}" if height is not None else "database"
-        super().__init__(f"{path}: ledger storage corrupt at {where}: {problem}; refusing to start")
 
 
 _SCHEMA = """

@@ -203,7 +203,12 @@ class TcpNode:
 
 
 def run_node(rid: int, config_path: str | os.PathLike) -> int:
-    conf = json.loads(Path(config_path).read_text())
+    try:
+        conf = json.loads(Path(config_path).read_text(encoding="utf-8"))
+        if not isinstance(conf, dict) or not 0 <= rid < int(conf["n"]):
+            raise ValueError(f"replica id {rid} is not in 0..n-1")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LedgerError(f"{config_path}: not a ledger cluster config: {e}") from None
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     node = TcpNode(rid, conf)
@@ -428,7 +433,7 @@ class TcpCluster:
     def start(self, i: int) -> None:
         log = open(self.data_dir / f"replica_{i}.log", "ab")
         self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "bfdl_tff.cli", "ledger", "node", "--id", str(i), "--config", str(self.config_path)],
+            [sys.executable, "-m", "ledger", "node", "--id", str(i), "--config", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
 

@@ -23,7 +23,7 @@ from ledger.storage import LedgerStore, StorageCorruptError, StorageError
 from ledger.tx import sign_tx
 from ledger.verify import verify_chain
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ADMIN = crypto.SigningKey.from_seed(bytes([1]) * 32)
 AGG = crypto.SigningKey.from_seed(bytes([3]) * 32)
 HOSP = [crypto.SigningKey.from_seed(bytes([10 + i]) * 32) for i in range(3)]

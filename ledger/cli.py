@@ -61,6 +61,9 @@ def add_commands(parser: argparse.ArgumentParser, *, prog: str = "ledger") -> No
     v = sub.add_parser("verify", help="verify one replica database against a genesis")
     v.add_argument("--db", required=True)
     v.add_argument("--genesis", required=True, help="genesis JSON (Genesis.to_dict())")
+    v.add_argument("--allow-uncertified", action="store_true",
+                   help="accept a genesis without replica keys (chains from before commit certificates); "
+                        "commit certificates are then not checked")
     v.set_defaults(func=guarded(cmd_verify, prog))
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
@@ -95,7 +98,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise LedgerError(f"{args.genesis}: not a genesis file: {e}") from None
     if not Path(args.db).is_file():
         raise LedgerError(f"{args.db}: no such replica database")
-    rep = verify_chain(args.db, genesis=g)
+    rep = verify_chain(args.db, genesis=g, require_certificates=not args.allow_uncertified)
     print(rep)
     return 0 if rep.ok else 1
 

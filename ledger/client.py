@@ -122,8 +122,8 @@ def locate_certified(apps: Any, collector: ReplyCollector, tx_hash: bytes) -> Op
     return None
 
 
-def verify_chain(path: str | os.PathLike, *, genesis: Any) -> Any:
+def verify_chain(path: str | os.PathLike, *, genesis: Any, require_certificates: bool = True) -> Any:
     """Re-verify a replica database (delegates to :func:`ledger.verify.verify_chain`)."""
     from ledger.verify import verify_chain as _vc
 
-    return _vc(path, genesis=genesis)
+    return _vc(path, genesis=genesis, require_certificates=require_certificates)

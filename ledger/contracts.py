@@ -98,7 +98,11 @@ class Genesis:
 
     ``admins``: hex Ed25519 public keys of the administrators; ``admin_quorum``: number of distinct
     admins needed for a registry change; ``epsilon_cap``: privacy budget cap (``None`` = none);
-    ``institutions``: optional pre-registered ``(role, name, pubkey_hex)`` triples.
+    ``institutions``: optional pre-registered ``(role, name, pubkey_hex)`` triples; ``replicas``:
+    hex Ed25519 public keys of the PBFT replicas in replica-id order (``replicas[i]`` signs replica
+    ``i``'s votes): the set every block's commit certificate is checked against
+    (:func:`ledger.verify.verify_chain`). Empty only for chains from before commit certificates;
+    it is then left out of ``to_dict`` so those chains keep their genesis hash.
     """
 
     admins: tuple[str, ...]
@@ -106,9 +110,16 @@ class Genesis:
     chain_id: str = DEFAULT_CHAIN_ID
     admin_quorum: int = 1
     institutions: tuple[tuple[str, str, str], ...] = field(default_factory=tuple)
+    replicas: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "admins", tuple(self.admins))
+        object.__setattr__(self, "replicas", tuple(self.replicas))
+        for r in self.replicas:
+            if not crypto.is_hex(r, 32):
+                raise ValueError(f"replica key {r!r} is not 64 lowercase hex characters")
+        if len(set(self.replicas)) != len(self.replicas):
+            raise ValueError("duplicate replica key in genesis")
         object.__setattr__(self, "institutions", tuple(tuple(x) for x in self.institutions))
         if not self.admins:
             raise ValueError("genesis needs at least one admin public key")
@@ -134,13 +145,16 @@ class Genesis:
             seen.add(inst[2])
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "admins": list(self.admins),
             "epsilon_cap": self.epsilon_cap,
             "chain_id": self.chain_id,
             "admin_quorum": self.admin_quorum,
             "institutions": [list(x) for x in self.institutions],
         }
+        if self.replicas:
+            d["replicas"] = list(self.replicas)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Genesis":
@@ -150,6 +164,7 @@ class Genesis:
             chain_id=d.get("chain_id", DEFAULT_CHAIN_ID),
             admin_quorum=int(d.get("admin_quorum", 1)),
             institutions=tuple(tuple(x) for x in d.get("institutions", ())),
+            replicas=tuple(d.get("replicas", ())),
         )
 
     def hash(self) -> bytes:

@@ -122,7 +122,9 @@ class App(Protocol):
 
     def is_executed(self, tx_hash: bytes) -> bool: ...
 
-    def execute(self, seq: int, batch: M.Batch, proposer: int) -> ExecResult: ...
+    def execute(self, seq: int, batch: M.Batch, proposer: int, commits: tuple[bytes, ...]) -> ExecResult:
+        """Execute the committed batch at ``seq`` and store its block with ``commits`` (the 2f+1
+        signed COMMIT frames that committed it: the block's commit certificate)."""
 
     def height(self) -> int: ...
 
@@ -166,6 +168,7 @@ class _Slot:
     sent_commit: bool = False
     my_prepare: Optional[bytes] = None
     my_commit: Optional[bytes] = None
+    commit_cert: tuple[bytes, ...] = ()  # the 2f+1 matching COMMIT frames it committed on
 
 
 def _digest_ok(pp: M.PrePrepare) -> bool:
@@ -196,7 +199,7 @@ class Replica:
         self.stable_seq = 0  # last checkpoint with a 2f+1 certificate we hold (stable_proof)
         self.log: dict[int, _Slot] = {}
         self.prepares: dict[tuple[int, int], dict[int, tuple[bytes, bytes]]] = {}
-        self.commits: dict[tuple[int, int], dict[int, tuple[bytes, bytes]]] = {}
+        self.commits: dict[tuple[int, int], dict[int, tuple[bytes, bytes, bytes]]] = {}
         self.prepared_proofs: dict[int, tuple[int, bytes, M.PreparedProof]] = {}
         self.damaged_proofs: list[int] = []  # restored certificates that fail their checks
         if prepared:
@@ -645,7 +648,7 @@ class Replica:
             slot.sent_commit = True
             slot.my_commit = self._sign(M.Commit(slot.view, seq, slot.digest, slot.tx_root))
             out.append(Send(None, slot.my_commit))
-            self.commits.setdefault((slot.view, seq), {})[self.id] = (slot.digest, slot.tx_root)
+            self.commits.setdefault((slot.view, seq), {})[self.id] = (slot.digest, slot.tx_root, slot.my_commit)
         self._check_committed(seq, out)
 
     def _on_commit(self, env: M.Envelope, c: M.Commit, out: list[Action]) -> None:
@@ -659,7 +662,7 @@ class Replica:
         if env.sender in votes:
             self._count("duplicate")
             return
-        votes[env.sender] = (c.digest, c.tx_root)
+        votes[env.sender] = (c.digest, c.tx_root, env.raw)
         self._check_committed(c.seq, out)
 
     def _check_committed(self, seq: int, out: list[Action]) -> None:
@@ -667,9 +670,10 @@ class Replica:
         if slot is None or not slot.prepared or slot.committed or slot.view != self.view:
             return
         votes = self.commits.get((slot.view, seq), {})
-        k = sum(1 for d, r in votes.values() if d == slot.digest and r == slot.tx_root)
-        if k >= 2 * self.f + 1:
+        matching = sorted((s, raw) for s, (d, r, raw) in votes.items() if d == slot.digest and r == slot.tx_root)
+        if len(matching) >= 2 * self.f + 1:
             slot.committed = True
+            slot.commit_cert = tuple(raw for _s, raw in matching[: 2 * self.f + 1])
             self._execute_ready(out)
 
     def _execute_ready(self, out: list[Action]) -> None:
@@ -680,7 +684,7 @@ class Replica:
             if slot is None or not slot.committed:
                 break
             proposer = slot.batch.proposal_view % self.n
-            res = self.app.execute(seq, slot.batch, proposer)
+            res = self.app.execute(seq, slot.batch, proposer, slot.commit_cert)
             self.last_exec = seq
             self.exec_digests[seq] = slot.digest
             progressed = True
@@ -1053,6 +1057,7 @@ class Replica:
             new = self.log.get(pp.seq)
             if old is not None and old.committed and new is not None and new.digest == old.digest:
                 new.committed = True  # already committed in an earlier view: same batch, keep it
+                new.commit_cert = old.commit_cert
         self.next_seq = max(max_s, self.last_exec) + 1
         for s in list(self.log):
             self._check_prepared(s, out)

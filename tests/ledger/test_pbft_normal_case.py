@@ -6,7 +6,7 @@ import pytest
 
 from ledger import pbft
 from ledger.client import Receipt
-from ledger.cluster import LocalCluster
+from ledger.cluster import LocalCluster, replica_public_keys
 from ledger.sim import SimCluster, Workload, check_only_registered, effective_tx_hashes
 from ledger.storage import StorageCorruptError
 from ledger.tx import Transaction
@@ -66,11 +66,11 @@ def test_checkpoints_and_gc_keep_memory_bounded():
 
 
 def _lc(tmp_path, w, **kw):
-    return LocalCluster(4, data_dir=tmp_path / "ledger", genesis=w.genesis, seed=3, **kw)
+    return LocalCluster(4, data_dir=tmp_path / "ledger", genesis=w.genesis, keys_dir=tmp_path / "keys", seed=3, **kw)
 
 
 def test_local_cluster_receipts_query_heads_and_reopen(tmp_path):
-    w = Workload(3, 3)
+    w = Workload(3, 3, replicas=replica_public_keys(tmp_path / "keys", 4))
     with _lc(tmp_path, w) as lc:
         rs = lc.submit_many(w.round_txs(1, 10))
         assert len(rs) == 10 and all(isinstance(r, Receipt) for r in rs)
@@ -100,9 +100,9 @@ def test_single_replica_cluster_commits_successive_batches(tmp_path, batch_size)
     """n=1 (f=0): the primary prepares, commits and executes its own batch while proposing it.
     Regression: the sequence number used to be advanced only after that synchronous execution,
     leaving a gap, so only the first batch ever committed ("heights [1]")."""
-    w = Workload(3, 3)
-    with LocalCluster(1, data_dir=tmp_path / "ledger1", genesis=w.genesis, seed=3, batch_size=batch_size,
-                      checkpoint_interval=2) as lc:
+    w = Workload(3, 3, replicas=replica_public_keys(tmp_path / "keys1", 1))
+    with LocalCluster(1, data_dir=tmp_path / "ledger1", genesis=w.genesis, keys_dir=tmp_path / "keys1", seed=3,
+                      batch_size=batch_size, checkpoint_interval=2) as lc:
         heights = []
         for r in range(1, 4):
             rs = lc.submit_many(w.round_txs(r, 7))

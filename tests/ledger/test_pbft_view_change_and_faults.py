@@ -11,7 +11,8 @@ import pytest
 
 from ledger import messages as M
 from ledger import pbft
-from ledger.sim import Faults, SimCluster, Workload, check_only_registered, effective_tx_hashes
+from ledger.sim import (Faults, SimCluster, Workload, check_certificates, check_only_registered,
+                        effective_tx_hashes)
 
 
 def _cluster(n=4, seed=0, *, faults=None, byzantine=None, K=5, hospitals=4, **kw):
@@ -27,6 +28,7 @@ def _allowed(w):
 def _safe(c, w, replicas=None):
     top = c.check_safety(replicas)
     check_only_registered(c, _allowed(w))
+    check_certificates(c, replicas)  # every stored block carries a valid 2f+1 commit certificate
     for i in (c.honest() if replicas is None else replicas):
         eff = effective_tx_hashes(c.chains[i])
         assert len(eff) == len(set(eff)), f"replica {i}: a transaction took effect twice"

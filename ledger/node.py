@@ -336,8 +336,8 @@ class ReplicaNode:
             raise _corrupt(chain, str(exc)) from None
         self.replica = pbft.Replica(spec.rid, spec.cfg, spec.keyring, spec.signer, self.app, view=view, votes=votes,
                                     prepared=prepared)
-        if self.replica.damaged_proofs:
-            raise _corrupt(chain, f"prepared certificate of sequence number {self.replica.damaged_proofs[0]} in the "
+        if self.replica.log.damaged:
+            raise _corrupt(chain, f"prepared certificate of sequence number {self.replica.log.damaged[0]} in the "
                                   "consensus log fails its signature/digest check")
         self.on_commit = on_commit
         self.alive = True

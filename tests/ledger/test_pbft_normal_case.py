@@ -56,9 +56,9 @@ def test_checkpoints_and_gc_keep_memory_bounded():
             sizes.append(max(c.nodes[i].replica.memory_footprint() for i in range(4)))
     rep = c.nodes[0].replica
     assert rep.stats.get("stable_checkpoint", 0) >= c.heights()[0] // K - 1
-    assert rep.h >= c.heights()[0] - 2 * K
+    assert rep.ckpt.h >= c.heights()[0] - 2 * K
     # The log below the low watermark is discarded:
-    assert min(rep.log, default=rep.h + 1) > rep.h
+    assert min(rep.log.slots, default=rep.ckpt.h + 1) > rep.ckpt.h
     # Bounded: the footprint does not grow with the chain (which grows ~60x here).
     assert max(sizes) <= 6 * K * 4, sizes
     assert sizes[-1] <= 2 * max(sizes[:2]) + 8 * K, sizes
@@ -115,9 +115,10 @@ def test_single_replica_cluster_commits_successive_batches(tmp_path, batch_size)
         assert lc.heads()[0][0] == top
         assert lc.query("privacy")["records"] == 3
         rep = lc.sim.nodes[0].replica
-        assert rep.last_exec == top and rep.next_seq == top + 1 and not rep.pending
+        assert rep.log.last_exec == top and rep.log.next_seq == top + 1 and not rep.req.pending
         # Checkpoints (every 2) become stable on the replica's own vote; the log is collected.
-        assert rep.h == top - top % 2 and all(rep.h < s <= top and sl.committed for s, sl in rep.log.items())
+        assert rep.ckpt.h == top - top % 2 and all(rep.ckpt.h < s <= top and sl.committed
+                                                   for s, sl in rep.log.slots.items())
     from ledger.verify import verify_chain
 
     rep = verify_chain(tmp_path / "ledger1" / "replica_0.sqlite", genesis=w.genesis)
@@ -199,7 +200,7 @@ def test_restarted_replica_refuses_conflicting_vote():
     node._perform(acts)  # persist the vote in the replica's (durable) chain meta
     c.restart(2)  # in-memory state lost; votes reloaded from the chain's metadata
     rep = c.nodes[2].replica
-    assert rep.votes.get(1, (None, None))[1] == pp_a.digest
+    assert rep.log.votes.get(1, (None, None))[1] == pp_a.digest
     raw_b, pp_b = _pre_prepare(c, w, 1, txs=[t.encode() for t in w.round_txs(9, 3)])
     assert pp_b.digest != pp_a.digest
     acts = rep.receive(raw_b, 0)

@@ -265,7 +265,7 @@ def run_threads(*, replicas: int, transactions: int, batch_size: int, client_bat
 def run_tcp(*, replicas: int, transactions: int, batch_size: int, client_batch: int, window: int,
             data_dir: Path, sync: str, seed: int) -> dict:
     from ledger import pbft
-    from ledger.tcp import TcpCluster
+    from ledger.tcp_client import TcpCluster
 
     w, txs = _workload(transactions, seed, data_dir / "keys", replicas)
     cfg = pbft.Config(n=replicas, batch_size=batch_size, max_inflight=2)

@@ -95,7 +95,7 @@ class LocalCluster:
         self._lock = threading.RLock()
         self._impl: Any
         if transport == "tcp":
-            from ledger.tcp import TcpCluster
+            from ledger.tcp_client import TcpCluster
 
             if self.data_dir is None or keys_dir is None:
                 raise LedgerError("transport='tcp' needs a data_dir and a keys_dir")

@@ -38,7 +38,7 @@ from .contracts import TxResult
 from .errors import StorageCorruptError, StorageError
 from .tx import Transaction, TxDecodeError
 
-__all__ = ["LedgerStore", "StorageCorruptError", "StorageError"]
+__all__ = ["LedgerStore", "StoreReader", "StorageCorruptError", "StorageError"]
 
 SCHEMA_VERSION = "2"  # 2 added the certs table; a version-1 database is upgraded on open
 _KNOWN_SCHEMAS = ("1", "2")
@@ -372,3 +372,44 @@ class LedgerStore:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class StoreReader:
+    """A read-only connection to a replica database, for a thread other than the replica's (the
+    TCP node's query worker): WAL readers never block the writer and see committed blocks only.
+    Not thread-safe: one reader per thread."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        try:
+            self._db = sqlite3.connect(f"file:{Path(self.path).resolve()}?mode=ro", uri=True, isolation_level=None,
+                                       check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StorageCorruptError(self.path, None, f"cannot open for reading: {exc}") from None
+
+    def head(self) -> tuple[int, bytes | None]:
+        """(height, hash) of the newest committed block; (-1, None) when empty."""
+        row = self._db.execute("SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
+        return (-1, None) if row is None else (int(row[0]), bytes(row[1]))
+
+    def block_bytes(self, height: int) -> bytes | None:
+        """The block's canonical encoding (``Block.encode()``) assembled from the stored header and
+        body bytes, without decoding them."""
+        row = self._db.execute("SELECT header, body FROM blocks WHERE height=?", (int(height),)).fetchone()
+        if row is None:
+            return None
+        return b'{"body":' + bytes(row[1]) + b',"header":' + bytes(row[0]) + b"}"
+
+    def find_tx(self, tx_hash: bytes) -> tuple[int, int] | None:
+        row = self._db.execute("SELECT height, idx FROM txs WHERE tx_hash=? ORDER BY height, idx LIMIT 1",
+                               (bytes(tx_hash),)).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def blocks(self, start: int, end: int) -> Iterator[Block]:
+        """Decoded blocks ``start..end`` in order."""
+        for hb, bb in self._db.execute("SELECT header, body FROM blocks WHERE height>=? AND height<=? ORDER BY height",
+                                       (int(start), int(end))).fetchall():
+            yield LedgerStore._decode_row(bytes(hb), bytes(bb))
+
+    def close(self) -> None:
+        self._db.close()

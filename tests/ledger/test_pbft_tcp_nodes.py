@@ -20,7 +20,7 @@ from ledger import pbft
 from ledger.sim import Workload
 from ledger.storage import LedgerStore, StorageCorruptError
 from ledger.replica_keys import key_path, replica_public_keys
-from ledger.tcp import TcpCluster
+from ledger.tcp_client import TcpCluster
 
 
 def _wait_heads(cl, height, timeout=30.0):

@@ -19,7 +19,7 @@ The Ed25519 bound: each transaction costs at least ``n * t_verify`` of CPU, so
 ``cores * 1e6 / (n * verify_us_per_sig)`` bounds ``inproc`` and ``tcp`` (verification releases the
 GIL; replica-message signatures are amortised over a batch).
 
-TCP: the same workload against ``n`` ``bfdl ledger node`` processes; the client waits for each
+TCP: the same workload against ``n`` ``python -m ledger node`` processes; the client waits for each
 group of ``window * client_batch`` transactions (receipts fetched over the client query channel).
 """
 

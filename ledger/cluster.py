@@ -10,7 +10,7 @@ block certified by f+1 matching replies, and returns one :class:`ledger.client.R
 
 ``transport="threads"`` runs each replica in its own thread of this process on a real clock
 (:mod:`ledger.threadnet`: signature checks and fsyncs of different replicas overlap on the
-machine's cores); ``transport="tcp"`` starts the replicas as separate ``bfdl ledger node``
+machine's cores); ``transport="tcp"`` starts the replicas as separate ``python -m ledger node``
 processes on loopback ports (:mod:`ledger.tcp`).
 
 Replica keys (issue 17.2): replica ``i`` signs with the key in ``<keys_dir>/replica-<i>.key``

@@ -19,7 +19,7 @@ bytes.
 :func:`decode` is strict: it checks every length against the remaining buffer and the limits
 below, rejects trailing bytes, unknown types and versions, and raises only
 :class:`MessageDecodeError` on any malformed input (fuzzed with Hypothesis in
-``tests/test_ledger_pbft_messages.py``).
+``tests/ledger/test_pbft_wire_messages.py``).
 
 Deviation from the letter of PBFT (documented in docs/ledger.md): the batch digest is
 ``H("pbft-batch" | tx_root | timestamp_ms | proposal_view)`` where ``tx_root`` is the RFC 6962

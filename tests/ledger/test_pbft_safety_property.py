@@ -46,6 +46,7 @@ def run_scenario(n, seed, faults, byz, steps):
     allowed = {w.admin.key_id()} | {h.key_id() for h in w.hospitals}
     crashed: set[int] = set()
     submitted = []
+    sent = []  # every transaction the client submitted
     r = 0
     import random
 
@@ -65,7 +66,9 @@ def run_scenario(n, seed, faults, byz, steps):
         elif action == "heal":
             c.net.heal()
         r += 1
-        submitted += c.submit(w.round_txs(r, 6) + [w.outsider_tx(r)])
+        txs = w.round_txs(r, 6) + [w.outsider_tx(r)]
+        sent += txs
+        submitted += c.submit(txs)
         c.net.run(max_ms=rng.choice([50, 500, 3000]))
         c.check_safety(honest)
     # Heal everything but the Byzantine replicas: liveness must follow.
@@ -73,6 +76,9 @@ def run_scenario(n, seed, faults, byz, steps):
     for i in sorted(crashed):
         c.restart(i)
     c.net.faults = Faults(drop=min(faults.drop, 0.05), delay_max_ms=faults.delay_max_ms)
+    # The client retransmits what is not committed yet (Castro-Liskov 4.1: a client resends its
+    # request on a timeout): requests that only crashed or Byzantine replicas received are gone.
+    c.submit([t for t in sent if c.located(t.tx_hash()) is None])
     r += 1
     submitted += c.submit(w.round_txs(r, 6))
     ok = c.run_until_committed(submitted, max_ms=300_000)

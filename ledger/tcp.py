@@ -28,8 +28,8 @@ Node hygiene (issue 17.5; :class:`NodeLimits`, all per client connection unless 
   time, so even a flood spread over many connections takes a bounded share of the node;
 * unread output: with more than a quarter of ``client_buffer_bytes`` unsent to a client the node
   stops reading it until it reads (disconnected if it does not within ``frame_timeout_s``); a
-  client whose unsent answers and replies exceed ``client_buffer_bytes`` is disconnected; queries of a closed connection are dropped unread; at most ``max_clients``
-  client connections.
+  client whose unsent answers and replies exceed ``client_buffer_bytes`` is disconnected; queries
+  of a closed connection are dropped unread; at most ``max_clients`` client connections.
 
 Queries never run in the event loop that drives consensus: it only frames them and hands them to
 the worker thread, which reads its own read-only sqlite connection.

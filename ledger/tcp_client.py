@@ -234,7 +234,8 @@ class TcpCluster:
         self.peers = [("127.0.0.1", p) for p in ports]
         replicas = list(replica_public_keys(keys_dir, n))
         self.conf = {
-            "n": n, "keys_dir": str(Path(keys_dir).resolve()), "replicas": replicas, "genesis": genesis.to_dict(), "peers": [list(p) for p in self.peers],
+            "n": n, "keys_dir": str(Path(keys_dir).resolve()), "replicas": replicas, "genesis": genesis.to_dict(),
+            "peers": [list(p) for p in self.peers],
             "data_dir": str(self.data_dir), "checkpoint_interval": cfg.checkpoint_interval,
             "batch_size": cfg.batch_size, "max_inflight": cfg.max_inflight, "view_timeout_ms": 1000, "sync": sync,
             "limits": asdict(limits or NodeLimits()),

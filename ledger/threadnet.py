@@ -84,8 +84,9 @@ class ThreadCluster:
 
     ``chains``: one chain per replica (``StoreChain`` over sqlite, or ``MemoryChain``).
     ``keys``: the replicas' signing keys (:mod:`ledger.replica_keys`); without them, test keys
-    derived from ``seed`` as in :class:`ledger.sim.SimCluster`. Thread-safe for one client at a time: :meth:`submit` from any thread, :meth:`replies`
-    from the client's thread. :meth:`close` stops and joins every thread (idempotent).
+    derived from ``seed`` as in :class:`ledger.sim.SimCluster`. Thread-safe for one client at a
+    time: :meth:`submit` from any thread, :meth:`replies` from the client's thread.
+    :meth:`close` stops and joins every thread (idempotent).
     """
 
     def __init__(self, n: int, *, genesis: Genesis, seed: int = 0, cfg: Optional[pbft.Config] = None,

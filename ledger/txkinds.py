@@ -2,8 +2,9 @@
 fields it carries (paper 3.4: contracts for access control, update commitments, privacy budget).
 
 The contracts (:mod:`ledger.contracts`) check every transaction against its row before running
-the kind's handler (registered against the row in :mod:`ledger.handlers`), and the audit of a run (``bfdl_tff.integration.audit``) checks the signer of
-every accepted transaction against the same rows. A new kind is added here, once.
+the kind's handler (registered against the row in :mod:`ledger.handlers`), and the audit of a run
+(``bfdl_tff.integration.audit``) checks the signer of every accepted transaction against the same
+rows. A new kind is added here, once.
 """
 
 from __future__ import annotations

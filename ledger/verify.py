@@ -7,9 +7,9 @@ header hash, ``prev_hash`` links to the previous block, the Merkle root of the t
 ``tx_root``, the block's commit certificate holds 2f+1 valid COMMIT signatures of distinct
 replicas listed in ``genesis.replicas`` for exactly this block's batch (:mod:`ledger.certificate`;
 a history rebuilt without the replica keys fails here), every transaction signature verifies,
-re-executing the transactions from genesis with a fresh :class:`~ledger.contracts.ContractState` reproduces every stored result (so only
-registered, non-revoked signers' transactions took effect) and the resulting state root equals
-the header's ``state_root``.  It stops at the first failure and names the block and transaction.
+re-executing the transactions from genesis with a fresh :class:`~ledger.contracts.ContractState`
+reproduces every stored result (so only registered, non-revoked signers' transactions took effect)
+and the resulting state root equals the header's ``state_root``.  It stops at the first failure and names the block and transaction.
 """
 
 from __future__ import annotations

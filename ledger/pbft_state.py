@@ -27,7 +27,7 @@ from ledger import messages as M
 
 __all__ = [
     "CLIENT", "Action", "App", "CancelTimer", "CheckpointVote", "Checkpoints", "CommitVote", "Committed", "Config",
-    "Equivocation", "ExecResult", "Forward", "Log", "NewViewRecord", "Persist", "PrepareVote", "PreparedRecord",
+    "Equivocation", "ExecResult", "Forward", "HelpKey", "Log", "NewViewRecord", "Persist", "PrepareVote", "PreparedRecord",
     "ReceivedViewChange", "ReplicaCore", "Requests", "Roots", "Send", "SetTimer", "Slot", "StateTarget", "Ticks",
     "ViewChanges", "ViewSeq", "Vote", "decode_prepared", "digest_ok", "encode_prepared", "restored_prepared",
     "restored_votes",
@@ -192,6 +192,15 @@ class Forward(NamedTuple):
     peer: int  # the peer our PRE-PREPARE was forwarded to (once)
 
 
+class HelpKey(NamedTuple):
+    """What a lagging peer was helped with (rate limit): our NEW-VIEW of ``view`` (``resent`` False)
+    or our VIEW-CHANGE for ``view`` (``resent`` True)."""
+
+    peer: int
+    view: int
+    resent: bool
+
+
 class ReceivedViewChange(NamedTuple):
     body: M.ViewChange
     raw: bytes
@@ -263,7 +272,7 @@ class ViewChanges:
     own: Optional[bytes] = None  # our VIEW-CHANGE of the view change in progress (retransmitted)
     own_by_view: dict[int, bytes] = field(default_factory=dict)  # our recent VIEW-CHANGEs, for lagging peers
     last_new_view: Optional[NewViewRecord] = None  # the NEW-VIEW that justifies our view
-    helped: dict[tuple[int, int], int] = field(default_factory=dict)  # (peer, view key) -> last time helped
+    helped: dict[HelpKey, int] = field(default_factory=dict)  # -> last time (ms) we helped that way
     equivocations: list[Equivocation] = field(default_factory=list)  # provably equivocating primaries
 
 

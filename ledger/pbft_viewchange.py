@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Optional
 
 from ledger import messages as M
-from ledger.pbft_state import (Action, CancelTimer, NewViewRecord, Persist, ReceivedViewChange, ReplicaCore, Send,
-                               SetTimer, Slot, StateTarget, digest_ok)
+from ledger.pbft_state import (Action, CancelTimer, HelpKey, NewViewRecord, Persist, ReceivedViewChange, ReplicaCore,
+                               Send, SetTimer, Slot, StateTarget, digest_ok)
 
 
 class ViewChanging(ReplicaCore):
@@ -25,11 +25,11 @@ class ViewChanging(ReplicaCore):
         """A peer speaks in an older view: send it the NEW-VIEW that justifies ours (once per view)."""
         if self.vc.last_new_view is None:
             return
-        if not self._may_help((peer, self.vc.last_new_view.view)):
+        if not self._may_help(HelpKey(peer, self.vc.last_new_view.view, False)):
             return
         out.append(Send(peer, self.vc.last_new_view.raw))
 
-    def _may_help(self, key: tuple[int, int]) -> bool:
+    def _may_help(self, key: HelpKey) -> bool:
         """Rate limit for help sent to a lagging peer: at most once per half view timeout."""
         last = self.vc.helped.get(key)
         if last is not None and self.now - last < self.cfg.view_timeout_ms // 2:
@@ -113,7 +113,7 @@ class ViewChanging(ReplicaCore):
                 # The peer is still collecting VIEW-CHANGEs for a view we already left behind: ours
                 # may have been lost (or we restarted). Resend it, or a fresh one for that view (we
                 # accept nothing below our current view anyway, so it promises nothing new).
-                if self._may_help((env.sender, -vc.new_view - 1)):
+                if self._may_help(HelpKey(env.sender, vc.new_view, True)):
                     raw = self.vc.own_by_view.get(vc.new_view) or self._make_view_change(vc.new_view)[1]
                     out.append(Send(env.sender, raw))
             return

@@ -199,6 +199,7 @@ class LedgerHook:
             admin_pubkeys=[pubs[ADMIN_NAME]],
             epsilon_cap=self.epsilon_cap,
             chain_id=self.chain_id,
+            replicas=L.replica_public_keys(L.replica_keys_dir(self.keystore, self.chain_id), self.replicas),
         )
         self.genesis = genesis
         # The genesis is the authority (on resume it may predate this config): no cap = None.
@@ -210,6 +211,7 @@ class LedgerHook:
             transport=self.transport,
             batch_size=self.batch_size,
             seed=self.seed,
+            keys_dir=L.replica_keys_dir(self.keystore, genesis.chain_id),
             **self.cluster_options,
         )
         self.offchain = L.open_offchain(self.ledger_dir)

@@ -31,6 +31,25 @@ def replicas_dir(ledger_dir: Path) -> Path:
     return Path(ledger_dir) / "replicas"
 
 
+def replica_keys_dir(keystore: Any, chain_id: str) -> Path:
+    """Replica signing keys (``replica-<i>.key``, 0600): ``<keystore>/ledger/<chain_id>/`` for a
+    local keystore, else under ``$BFDL_KEYSTORE`` (default ``~/.local/share/bfdl-tff/keystore``).
+    Interim (H-ledger): issue 17.4's keystore layout is H-integration's."""
+    import os
+
+    root = getattr(keystore, "path", None)
+    if root is None:
+        root = Path(os.environ.get("BFDL_KEYSTORE", "~/.local/share/bfdl-tff/keystore")).expanduser()
+    return Path(root) / "ledger" / chain_id
+
+
+def replica_public_keys(keys_dir: Path, n: int) -> tuple[str, ...]:
+    """Create/load the replica keys and return their hex public keys (``Genesis.replicas``)."""
+    from ledger.cluster import replica_public_keys as _pubs
+
+    return _pubs(keys_dir, n)
+
+
 def sign_tx(signer: Any, kind: str, payload: dict[str, Any], *, chain_id: str) -> Any:
     from ledger.tx import sign_tx as _sign
 
@@ -38,13 +57,15 @@ def sign_tx(signer: Any, kind: str, payload: dict[str, Any], *, chain_id: str) -
 
 
 # --------------------------------------------------------------------------- genesis
-def make_genesis(*, admin_pubkeys: Sequence[bytes], epsilon_cap: float, chain_id: str) -> Any:
+def make_genesis(*, admin_pubkeys: Sequence[bytes], epsilon_cap: float, chain_id: str,
+                 replicas: Sequence[str] = ()) -> Any:
     from ledger.contracts import Genesis
 
     return Genesis(
         admins=tuple(bytes(p).hex() for p in admin_pubkeys),
         epsilon_cap=float(epsilon_cap) if epsilon_cap and epsilon_cap > 0 else None,
         chain_id=chain_id,
+        replicas=tuple(replicas),
     )
 
 
@@ -64,19 +85,21 @@ def load_genesis(ledger_dir: Path) -> Any:
 
 
 def load_or_create_genesis(
-    ledger_dir: Path, *, admin_pubkeys: Sequence[bytes], epsilon_cap: float, chain_id: str
+    ledger_dir: Path, *, admin_pubkeys: Sequence[bytes], epsilon_cap: float, chain_id: str,
+    replicas: Sequence[str] = (),
 ) -> Any:
     p = Path(ledger_dir) / "genesis.json"
     if p.exists():
         return load_genesis(ledger_dir)
-    g = make_genesis(admin_pubkeys=admin_pubkeys, epsilon_cap=epsilon_cap, chain_id=chain_id)
+    g = make_genesis(admin_pubkeys=admin_pubkeys, epsilon_cap=epsilon_cap, chain_id=chain_id, replicas=replicas)
     atomic_write_json(p, genesis_to_dict(g))
     return g
 
 
 # --------------------------------------------------------------------------- cluster / stores
 def open_cluster(
-    ledger_dir: Path, *, genesis: Any, replicas: int, transport: str, batch_size: int, seed: int, **kw: Any
+    ledger_dir: Path, *, genesis: Any, replicas: int, transport: str, batch_size: int, seed: int, keys_dir: Path,
+    **kw: Any
 ) -> Any:
     from ledger.cluster import LocalCluster
 
@@ -84,6 +107,7 @@ def open_cluster(
         replicas,
         data_dir=replicas_dir(ledger_dir),
         genesis=genesis,
+        keys_dir=keys_dir,
         seed=seed,
         batch_size=batch_size,
         transport=transport,

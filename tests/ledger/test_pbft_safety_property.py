@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import pbft
-from ledger.sim import Faults, SimCluster, Workload, check_only_registered, effective_tx_hashes
+from ledger.sim import (Faults, SimCluster, Workload, check_certificates, check_only_registered,
+                        effective_tx_hashes)
 
 BEHAVIOURS = ["equivocate", "wrong_digest", "junk", "forge", "spoof", "replay", "silent"]
 
@@ -45,6 +46,7 @@ def run_scenario(n, seed, faults, byz, steps):
     allowed = {w.admin.key_id()} | {h.key_id() for h in w.hospitals}
     crashed: set[int] = set()
     submitted = []
+    sent = []  # every transaction the client submitted
     r = 0
     import random
 
@@ -64,7 +66,9 @@ def run_scenario(n, seed, faults, byz, steps):
         elif action == "heal":
             c.net.heal()
         r += 1
-        submitted += c.submit(w.round_txs(r, 6) + [w.outsider_tx(r)])
+        txs = w.round_txs(r, 6) + [w.outsider_tx(r)]
+        sent += txs
+        submitted += c.submit(txs)
         c.net.run(max_ms=rng.choice([50, 500, 3000]))
         c.check_safety(honest)
     # Heal everything but the Byzantine replicas: liveness must follow.
@@ -72,11 +76,15 @@ def run_scenario(n, seed, faults, byz, steps):
     for i in sorted(crashed):
         c.restart(i)
     c.net.faults = Faults(drop=min(faults.drop, 0.05), delay_max_ms=faults.delay_max_ms)
+    # The client retransmits what is not committed yet (Castro-Liskov 4.1: a client resends its
+    # request on a timeout): requests that only crashed or Byzantine replicas received are gone.
+    c.submit([t for t in sent if c.located(t.tx_hash()) is None])
     r += 1
     submitted += c.submit(w.round_txs(r, 6))
     ok = c.run_until_committed(submitted, max_ms=300_000)
     c.check_safety(honest)
     check_only_registered(c, allowed)
+    check_certificates(c, honest)
     for i in honest:
         eff = effective_tx_hashes(c.chains[i])
         assert len(eff) == len(set(eff))

@@ -5,7 +5,7 @@ Subcommands live in ``bfdl_tff.commands.<name>``; each module defines
 ``args``; returns an exit code). Heavy imports (TensorFlow, TFF) happen inside the handlers, so
 ``bfdl --version`` and ``bfdl --help`` stay fast.
 
-User errors (:class:`bfdl_tff.errors.BfdlError`) print one line ``bfdl: error: ...`` and exit 2.
+User errors (:class:`bfdl_tff.errors.BfdlError`, :class:`ledger.errors.LedgerError`) print one line ``bfdl: error: ...`` and exit 2.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Sequence
 
 from bfdl_tff import __version__
 from bfdl_tff.errors import BfdlError
+from ledger.errors import LedgerError
 
 COMMAND_MODULES = (
     "info",
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
-    except BfdlError as e:
+    except (BfdlError, LedgerError) as e:
         print(f"bfdl: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

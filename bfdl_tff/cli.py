@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "data",
     "models",
     "train",
+    "evaluate",
     "ledger",
     "keys",
     "audit",

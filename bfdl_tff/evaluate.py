@@ -24,7 +24,8 @@ The result (one JSON file, written atomically, nothing on error):
 Refused in one line (exit 2, nothing written): a run directory without ``config.yaml`` or without a
 released model, weights that do not fit the run's model, a dataset whose task differs from the
 run's (e.g. a 14-finding model on a binary dataset), image files not in the metadata, an
-unreadable image, an output path that is a directory or cannot be written.
+unreadable image, an output path that is a directory or cannot be written, or that lies in the run
+directory outside ``evaluations/`` (the run's own files are never overwritten).
 """
 
 from __future__ import annotations
@@ -80,6 +81,14 @@ def check_out_path(out: Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise EvaluateError(f"{out}: cannot write: creating a file in {anc} failed ({e.strerror or e})") from None
+
+
+def _refuse_run_files(run: RunDir, out: Path) -> None:
+    """Inside the run directory only ``evaluations/`` may be written (never the run's own files)."""
+    o, rp, ev = out.resolve(), run.path.resolve(), run.evaluations_dir.resolve()
+    if (o == rp or rp in o.parents) and ev not in o.parents:
+        raise EvaluateError(f"{out}: inside the run directory only {run.evaluations_dir}/ may be written "
+                            "(the run's own files are never overwritten)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,6 +205,7 @@ def evaluate_external(run_dir: str | Path, *, data_root: str | Path, manifest: s
     run = RunDir.open(run_dir)
     out_path = Path(out) if out is not None else default_out(run, Path(data_root), Path(manifest) if manifest else None)
     check_out_path(out_path)
+    _refuse_run_files(run, out_path)
     weights = run.load_model()
     task = Task.from_record(run.task(), source=f"{run.data_file}: task")
     mcfg = run_model_config(run, task.num_outputs)
@@ -211,7 +221,8 @@ def evaluate_external(run_dir: str | Path, *, data_root: str | Path, manifest: s
     record = {
         "kind": "bfdl-evaluate", "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "run": run_identity(run, weights, mcfg), "task": task.to_record(), "task_description": task.describe(),
-        "data": {**ext.record(), "image_size": mcfg.input_size},
+        "data": {**ext.record(), "root": str(Path(data_root).resolve()),
+                 "manifest": str(Path(manifest).resolve()) if manifest else None, "image_size": mcfg.input_size},
         "n_images": len(y), "positives": ext.positives(),
         "negatives": {lab: int(len(y) - v) for lab, v in ext.positives().items()},
         "auc": boot.to_record(), "accuracy": accuracy_record(y, scores, task.labels, thresholds, source, task.kind),

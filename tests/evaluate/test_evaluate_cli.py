@@ -127,7 +127,7 @@ def test_default_out_manifest_rows_and_fixed_thresholds(tmp_path, dataset, capsy
     out = run.evaluations_dir / f"{root.name}-subset.json"
     assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
     rec = json.loads(out.read_text())
-    assert rec["n_images"] == 20 and rec["data"]["manifest"] == str(man_path)
+    assert rec["n_images"] == 20 and rec["data"]["manifest"] == str(man_path.resolve())
     assert rec["accuracy"]["thresholds_source"] == "fixed 0.5 (no summary.json in the run)"
     assert all(a["threshold"] == 0.5 for a in rec["accuracy"]["per_label"].values())
     assert rec["run"]["digest_matches_summary"] is None
@@ -263,3 +263,11 @@ def test_bad_bootstrap_count(tmp_path, dataset, capsys):
     run = make_run(tmp_path / "run")
     _refused(["evaluate", str(run.path), "--data-root", str(dataset[0]), "--bootstrap", "0"], capsys,
              watch=[tmp_path], expect=["--bootstrap must be >= 1"])
+
+
+def test_bad_out_over_the_runs_own_files(tmp_path, dataset, capsys):
+    run = make_run(tmp_path / "run", summary={"final_macro_auc": 0.7})
+    before = run.summary_file.read_bytes()
+    _refused(["evaluate", str(run.path), "--data-root", str(dataset[0]), "--out", str(run.summary_file)], capsys,
+             watch=[tmp_path], expect=["summary.json", "only", "evaluations/ may be written"])
+    assert run.summary_file.read_bytes() == before

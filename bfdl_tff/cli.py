@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "data",
     "models",
     "train",
+    "evaluate",
     "ledger",
     "keys",
     "audit",

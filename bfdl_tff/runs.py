@@ -12,11 +12,12 @@ import io
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -100,6 +101,9 @@ class RunDir:
     ``tensorboard/``            TensorBoard event files of the same metrics
     ``summary.json``            final results (``summary_file``)
     ``final_model.npz``         the released global model (``save_model`` / ``load_model``)
+    ``predictions/<split>.npz`` test-set scores per image (``save_predictions`` /
+                                ``load_predictions``), for bootstrap intervals from result files
+    ``evaluations/``            ``bfdl evaluate`` results on other datasets (``evaluation_file``)
     ``ledger/``                 replica databases, off-chain store, ledger_summary.json
     ``attacks/``                privacy-attack results
     ``audit/``                  audit results
@@ -159,6 +163,25 @@ class RunDir:
         return self.path / "final_model.npz"
 
     @property
+    def predictions_dir(self) -> Path:
+        return self.path / "predictions"
+
+    def predictions_file(self, split: str = "test") -> Path:
+        """``predictions/<split>.npz`` (``split``: letters, digits, ``_`` and ``-``)."""
+        if not _SPLIT_RE.match(split):
+            raise ValueError(f"split must match {_SPLIT_RE.pattern}, got {split!r}")
+        return self.predictions_dir / f"{split}.npz"
+
+    @property
+    def evaluations_dir(self) -> Path:
+        return self.path / "evaluations"
+
+    def evaluation_file(self, name: str) -> Path:
+        """``evaluations/<name>.json``: where ``bfdl evaluate`` writes by default."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "external"
+        return self.evaluations_dir / f"{safe}.json"
+
+    @property
     def ledger_dir(self) -> Path:
         return self.path / "ledger"
 
@@ -204,13 +227,36 @@ class RunDir:
         return load_weights_npz(self.final_model_file)
 
     # ---- what the run was trained on ----------------------------------------------------
-    def write_data_record(self, *, root: Path, manifest_dir: Path, synthetic: bool, **extra: Any) -> None:
-        """Record the dataset root and the manifests the run used (read back by attacks/evaluate)."""
-        atomic_write_json(self.data_file, {"root": str(Path(root).resolve()), "manifest_dir": str(Path(manifest_dir).resolve()),
-                                           "synthetic": bool(synthetic), **extra})
+    def write_data_record(self, *, root: Path, manifest_dir: Path, synthetic: bool,
+                          task: Mapping[str, Any] | None = None, **extra: Any) -> None:
+        """Record the dataset root, the manifests the run used and the dataset's ``task``
+        (``bfdl_tff.data.tasks.Task.to_record()``: ``{"kind": ..., "labels": [...]}``; read back
+        by :meth:`task`, attacks and evaluate)."""
+        rec: dict[str, Any] = {"root": str(Path(root).resolve()), "manifest_dir": str(Path(manifest_dir).resolve()),
+                               "synthetic": bool(synthetic), **extra}
+        if task is not None:
+            rec["task"] = _check_task_record(task, source="write_data_record(task=...)", error=ValueError)
+        atomic_write_json(self.data_file, rec)
 
     def data_record(self) -> dict[str, Any]:
         return self._read_required(self.data_file, "the data record written when training starts")
+
+    def task(self) -> dict[str, Any]:
+        """The task the run was trained on, as ``{"kind": ..., "labels": [...]}`` (issue 15.1;
+        ``bfdl_tff.data.tasks.Task.from_record`` turns it into a ``Task``).
+
+        From ``data.json``'s ``task``. A run without one (``data.json`` missing, or written before
+        runs recorded tasks) was trained on the 14-finding NIH task (:data:`NIH_TASK_RECORD`), which
+        every source but ``medmnist`` has; a ``medmnist`` run without a recorded task is an error."""
+        rec = None
+        if self.data_file.is_file():
+            rec = self.data_record().get("task")
+        if rec is not None:
+            return _check_task_record(rec, source=f"{self.data_file}: task", error=RunDirError)
+        if self.config.data.source == "medmnist":
+            raise RunDirError(f"{self.data_file}: no task recorded, and a medmnist run's task cannot be assumed "
+                              "(it is the 14-finding NIH task only for nih/synthetic/chestmnist sources)")
+        return {"kind": NIH_TASK_RECORD["kind"], "labels": list(NIH_TASK_RECORD["labels"])}
 
     def manifest_dir(self) -> Path:
         """The directory of the hospital manifests this run trained on."""
@@ -218,6 +264,46 @@ class RunDir:
         if not d.is_dir():
             raise RunDirError(f"{self.data_file}: manifest directory {d} no longer exists")
         return d
+
+    # ---- test-set predictions ------------------------------------------------------------
+    def save_predictions(self, *, image_ids: Sequence[str], y_true: np.ndarray, scores: np.ndarray,
+                         split: str = "test", labels: Sequence[str] | None = None) -> Path:
+        """Write ``predictions/<split>.npz``: ``image_ids`` [N] str, ``y_true`` float32 [N, L] 0/1,
+        ``scores`` float32 [N, L] (the released model's outputs), ``labels`` [L] str (default: the
+        run's :meth:`task` labels), so figures and the report can compute bootstrap intervals
+        (``bfdl_tff.stats``) from result files alone. Atomic; inconsistent inputs raise ``ValueError``."""
+        ids = [str(i) for i in image_ids]
+        y = np.asarray(y_true, dtype=np.float32)
+        s = np.asarray(scores, dtype=np.float32)
+        names = [str(x) for x in (labels if labels is not None else self.task()["labels"])]
+        problem = _predictions_problem(ids, y, s, names)
+        if problem:
+            raise ValueError(f"save_predictions({split!r}): {problem}")
+        path = self.predictions_file(split)
+        buf = io.BytesIO()
+        np.savez(buf, image_ids=np.array(ids, dtype=str), y_true=y, scores=s, labels=np.array(names, dtype=str))
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    def load_predictions(self, split: str = "test") -> "Predictions":
+        """The predictions written by :meth:`save_predictions`; a clear error if missing or malformed."""
+        path = self.predictions_file(split)
+        if not path.is_file():
+            raise RunDirError(f"{path}: missing (no {split} predictions in this run; is the run finished?)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = sorted({"image_ids", "y_true", "scores", "labels"} - set(z.files))
+                if missing:
+                    raise RunDirError(f"{path}: not a predictions file (missing arrays {missing})")
+                ids, y, s, names = (z["image_ids"], z["y_true"], z["scores"], z["labels"])
+        except (OSError, ValueError) as e:
+            raise RunDirError(f"{path}: unreadable predictions file ({e})") from None
+        ids_l, names_l = [str(i) for i in ids.tolist()], [str(x) for x in names.tolist()]
+        problem = _predictions_problem(ids_l, y, s, names_l)
+        if problem:
+            raise RunDirError(f"{path}: {problem}")
+        return Predictions(split=split, image_ids=tuple(ids_l), y_true=y.astype(np.float32),
+                           scores=s.astype(np.float32), labels=tuple(names_l))
 
     # ---- privacy schedule and results ---------------------------------------------------
     def write_privacy(self, record: dict[str, Any]) -> None:
@@ -276,6 +362,60 @@ class RunDir:
         return cls(path, load_config(cfg))
 
 
+#: The 14 NIH ChestX-ray14 findings as a task record (the same as
+#: ``bfdl_tff.data.tasks.NIH_TASK.to_record()``, which the base layer cannot import; a test checks
+#: they are equal). The task of runs that recorded none (see :meth:`RunDir.task`).
+NIH_TASK_RECORD: dict[str, Any] = {
+    "kind": "multilabel",
+    "labels": ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+               "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"),
+}
+_SPLIT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _check_task_record(rec: Any, *, source: str, error: type[Exception]) -> dict[str, Any]:
+    """A task record ``{"kind": str, "labels": [str, ...]}`` (as a new dict), else ``error``."""
+    ok = (isinstance(rec, Mapping) and set(rec) == {"kind", "labels"} and isinstance(rec["kind"], str)
+          and isinstance(rec["labels"], (list, tuple)) and len(rec["labels"]) > 0
+          and all(isinstance(x, str) and x for x in rec["labels"]))
+    if not ok:
+        raise error(f"{source}: a task record is {{'kind': str, 'labels': [str, ...]}}, got {rec!r:.120}")
+    return {"kind": rec["kind"], "labels": list(rec["labels"])}
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A run's per-image scores on one split (``RunDir.load_predictions``)."""
+
+    split: str
+    image_ids: tuple[str, ...]
+    y_true: np.ndarray  # float32 [N, L] 0/1
+    scores: np.ndarray  # float32 [N, L]
+    labels: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+def _predictions_problem(ids: list[str], y: np.ndarray, s: np.ndarray, names: list[str]) -> str | None:
+    """What is inconsistent about a set of predictions, or ``None``."""
+    if y.ndim != 2:
+        return f"y_true must be [N, L], got shape {y.shape}"
+    if s.shape != y.shape:
+        return f"scores have shape {s.shape}, y_true {y.shape}"
+    if len(ids) != y.shape[0]:
+        return f"{len(ids)} image ids for {y.shape[0]} rows"
+    if len(set(ids)) != len(ids):
+        return "image ids are not unique"
+    if len(names) != y.shape[1]:
+        return f"{len(names)} label names for {y.shape[1]} label columns"
+    if y.size and not np.isin(y, (0.0, 1.0)).all():
+        return "y_true must be 0/1"
+    if not np.isfinite(s).all():
+        return "scores contain NaN or infinite values"
+    return None
+
+
 def save_weights_npz(path: Path, arrays: Sequence[np.ndarray]) -> None:
     """Weights as ``w0000, w0001, ...`` in an ``.npz`` (atomic write)."""
     buf = io.BytesIO()
@@ -292,4 +432,4 @@ def default_run_dir(config: ExperimentConfig, runs_root: str | Path = "runs") ->
     return Path(runs_root) / f"{config.name}-{config.arm}-s{config.seed}"
 
 
-__all__ = ["RunDir", "default_run_dir", "environment_record", "load_weights_npz", "package_versions", "save_weights_npz"]
+__all__ = ["NIH_TASK_RECORD", "Predictions", "RunDir", "default_run_dir", "environment_record", "load_weights_npz", "package_versions", "save_weights_npz"]

@@ -7,7 +7,7 @@ must satisfy:
 * no import cycle between modules;
 * ``ledger`` imports nothing from ``bfdl_tff``, ``paper_figures``, TensorFlow or TFF;
 * ``paper_figures`` imports only the base layer of ``bfdl_tff`` (``runs``, ``config``,
-  ``io_utils``, ``errors``) and no TensorFlow; the base layer itself imports no TensorFlow and
+  ``io_utils``, ``errors``, ``stats``) and no TensorFlow; the base layer itself imports no TensorFlow and
   nothing above it, so nothing reaches training code from the figures;
 * ``bfdl_tff`` never imports ``paper_figures`` (the figures run as ``python -m paper_figures``);
 * ``bfdl_tff.federated`` (training) imports nothing of the layers above it;
@@ -33,8 +33,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("bfdl_tff", "ledger", "paper_figures")
 BASE_LAYER = frozenset({"bfdl_tff", "bfdl_tff.errors", "bfdl_tff.io_utils", "bfdl_tff.hashing", "bfdl_tff.config",
-                        "bfdl_tff.runs"})
-FIGURES_MAY_IMPORT = frozenset({"bfdl_tff", "bfdl_tff.runs", "bfdl_tff.config", "bfdl_tff.io_utils", "bfdl_tff.errors"})
+                        "bfdl_tff.runs", "bfdl_tff.stats"})
+FIGURES_MAY_IMPORT = frozenset({"bfdl_tff", "bfdl_tff.runs", "bfdl_tff.config", "bfdl_tff.io_utils", "bfdl_tff.errors",
+                                "bfdl_tff.stats"})
 TENSORFLOW = ("tensorflow", "tensorflow_federated", "tensorflow_privacy", "keras")
 ABOVE_TRAINING = ("bfdl_tff.integration", "bfdl_tff.keys", "bfdl_tff.privacy_eval", "bfdl_tff.reproduce",
                   "bfdl_tff.commands", "bfdl_tff.cli", "bfdl_tff.experiment", "paper_figures")

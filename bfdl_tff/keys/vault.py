@@ -49,12 +49,13 @@ def _one_line(err: BaseException) -> str:
     return (lines[0] if lines else type(err).__name__)[:200]
 
 
-def _describe_response(resp: Any) -> str:
-    status = getattr(resp, "status_code", None)
-    if status is None:
+def _describe_response(resp: object) -> str:
+    """hvac returns the raw ``requests.Response`` when a server's answer is not Vault JSON."""
+    import requests
+
+    if not isinstance(resp, requests.Response):
         return f"a {type(resp).__name__}"
-    ctype = resp.headers.get("Content-Type", "?").split(";")[0]
-    return f"HTTP {status} with {ctype}"
+    return f"HTTP {resp.status_code} with {resp.headers.get('Content-Type', '?').split(';')[0]}"
 
 
 class VaultSigner:

@@ -25,13 +25,14 @@ from pathlib import Path
 
 
 def growth(rounds: int, size: int = 60, n: int = 4) -> dict:
-    from ledger.cluster import LocalCluster
+    from ledger.cluster import LocalCluster, replica_public_keys
     from ledger.sim import Workload
 
-    w = Workload(7, 8)
     with tempfile.TemporaryDirectory(prefix="bfdl-ledger-growth-") as d:
+        keys = Path(d) / "keys"
+        w = Workload(7, 8, replicas=replica_public_keys(keys, n))
         t0 = time.perf_counter()
-        with LocalCluster(n, data_dir=Path(d), genesis=w.genesis, seed=7, batch_size=64) as lc:
+        with LocalCluster(n, data_dir=Path(d) / "db", genesis=w.genesis, keys_dir=keys, seed=7, batch_size=64) as lc:
             ok = 0
             for r in range(1, rounds + 1):
                 ok += sum(1 for x in lc.submit_many(w.round_txs(r, size)) if x.ok)

@@ -49,10 +49,12 @@ def measure_verify_us(reps: int = 2000) -> float:
     return (time.perf_counter() - t) / reps * 1e6
 
 
-def _workload(transactions: int, seed: int) -> tuple[Any, list[Any]]:
+def _workload(transactions: int, seed: int, keys_dir: Path, replicas: int) -> tuple[Any, list[Any]]:
+    """Signed round traffic; the genesis lists the replica keys of ``keys_dir`` (created there)."""
+    from ledger.replica_keys import replica_public_keys
     from ledger.sim import Workload
 
-    w = Workload(seed, 8)
+    w = Workload(seed, 8, replicas=replica_public_keys(keys_dir, replicas))
     txs: list[Any] = []
     r = 0
     while len(txs) < transactions:
@@ -173,8 +175,9 @@ def _result(wc: _WindowClient, elapsed: float, cpu_s: float, *, nodes: list[Any]
     }
 
 
-def _client_for(transactions: int, seed: int, client_batch: int, window: int) -> tuple[Any, _WindowClient]:
-    w, txs = _workload(transactions, seed)
+def _client_for(transactions: int, seed: int, client_batch: int, window: int, keys_dir: Path,
+                replicas: int) -> tuple[Any, _WindowClient]:
+    w, txs = _workload(transactions, seed, keys_dir, replicas)
     return w, _WindowClient([t.encode() for t in txs], [t.tx_hash() for t in txs], client_batch, window)
 
 
@@ -183,8 +186,9 @@ def run_inproc(*, replicas: int, transactions: int, batch_size: int, client_batc
     """The one-thread simulated network (``--transport sim``): all replicas share one core."""
     from ledger.cluster import LocalCluster
 
-    w, wc = _client_for(transactions, seed, client_batch, window)
-    lc = LocalCluster(replicas, data_dir=data_dir, genesis=w.genesis, seed=seed, batch_size=batch_size,
+    w, wc = _client_for(transactions, seed, client_batch, window, data_dir / "keys", replicas)
+    lc = LocalCluster(replicas, data_dir=data_dir, genesis=w.genesis, keys_dir=data_dir / "keys", seed=seed,
+                      batch_size=batch_size,
                       max_inflight=2, sync=sync)
     try:
         sim = lc.sim
@@ -219,12 +223,15 @@ def run_threads(*, replicas: int, transactions: int, batch_size: int, client_bat
     from ledger.storage import LedgerStore
     from ledger.threadnet import ThreadCluster, set_switch_interval
 
-    w, wc = _client_for(transactions, seed, client_batch, window)
+    from ledger.replica_keys import load_or_create_replica_keys
+
+    w, wc = _client_for(transactions, seed, client_batch, window, data_dir / "keys", replicas)
     cfg = pbft.Config(n=replicas, batch_size=batch_size, max_inflight=max_inflight)
     chains = [StoreChain(LedgerStore(data_dir / f"replica_{i}.sqlite", genesis=w.genesis, sync=sync))
               for i in range(replicas)]
     old_switch = set_switch_interval(switch_interval_s)
-    cl = ThreadCluster(replicas, genesis=w.genesis, seed=seed, cfg=cfg, chains=chains)
+    cl = ThreadCluster(replicas, genesis=w.genesis, seed=seed, cfg=cfg, chains=chains,
+                       keys=load_or_create_replica_keys(data_dir / "keys", replicas))
     try:
         deadline = time.monotonic() + 120.0
 
@@ -260,9 +267,9 @@ def run_tcp(*, replicas: int, transactions: int, batch_size: int, client_batch: 
     from ledger import pbft
     from ledger.tcp import TcpCluster
 
-    w, txs = _workload(transactions, seed)
+    w, txs = _workload(transactions, seed, data_dir / "keys", replicas)
     cfg = pbft.Config(n=replicas, batch_size=batch_size, max_inflight=2)
-    cl = TcpCluster(replicas, data_dir=data_dir, genesis=w.genesis, seed=seed, cfg=cfg, sync=sync)
+    cl = TcpCluster(replicas, data_dir=data_dir, genesis=w.genesis, keys_dir=data_dir / "keys", cfg=cfg, sync=sync)
     try:
         latencies: list[float] = []
         heights: dict[int, float] = {}

@@ -20,17 +20,14 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from . import crypto, merkle
-from .tx import Transaction, TxDecodeError
+from .errors import BlockDecodeError
+from .tx import Transaction
 
 __all__ = ["Block", "BlockDecodeError", "BlockHeader", "GENESIS_PREV_HASH", "build_block", "genesis_block", "tx_root"]
 
 HEADER_DOMAIN = b"bfdl-block-v1\x00"
 GENESIS_PREV_HASH = bytes(32)
 HEADER_VERSION = 1
-
-
-class BlockDecodeError(TxDecodeError):
-    """A header or block encoding is malformed."""
 
 
 def tx_root(txs: Sequence[Transaction]) -> bytes:

@@ -17,13 +17,11 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from bfdl_tff.errors import BfdlError
 from ledger import merkle
 from ledger import messages as M
+from ledger.errors import LedgerError
 
-
-class LedgerError(BfdlError):
-    """A ledger operation failed (no commit within the bound, no f+1 agreement, bad config)."""
+__all__ = ["LedgerError", "Receipt", "ReplyCollector", "locate_certified", "receipt_from_block", "verify_chain"]
 
 
 @dataclass(frozen=True)
@@ -124,8 +122,8 @@ def locate_certified(apps: Any, collector: ReplyCollector, tx_hash: bytes) -> Op
     return None
 
 
-def verify_chain(path: str | os.PathLike, *, genesis: Any) -> Any:
+def verify_chain(path: str | os.PathLike, *, genesis: Any, require_certificates: bool = True) -> Any:
     """Re-verify a replica database (delegates to :func:`ledger.verify.verify_chain`)."""
     from ledger.verify import verify_chain as _vc
 
-    return _vc(path, genesis=genesis)
+    return _vc(path, genesis=genesis, require_certificates=require_certificates)

@@ -13,8 +13,14 @@ block certified by f+1 matching replies, and returns one :class:`ledger.client.R
 machine's cores); ``transport="tcp"`` starts the replicas as separate ``bfdl ledger node``
 processes on loopback ports (:mod:`ledger.tcp`).
 
-Replica keys are derived from ``seed`` (reopening ``data_dir`` with the same seed resumes the same
-chain; every replica re-checks its database on open and refuses a corrupted one).
+Replica keys (issue 17.2): replica ``i`` signs with the key in ``<keys_dir>/replica-<i>.key``
+(created 0600 in a 0700 directory if missing, never derived from a seed; see
+:mod:`ledger.replica_keys`). :func:`replica_public_keys` creates/loads them before the cluster
+starts so that the genesis can list the replica set (``Genesis.replicas``); a cluster whose keys
+do not match a genesis that lists replicas refuses to start. Every block is stored with its commit
+certificate. Reopening ``data_dir`` with the same ``keys_dir`` resumes the same chain; every
+replica re-checks its database on open and refuses a corrupted one. ``keys_dir=None`` is only for
+a chain kept in memory (``data_dir=None``): fresh random keys that die with the process.
 """
 
 from __future__ import annotations
@@ -25,13 +31,35 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from ledger import pbft
+from ledger import crypto, pbft
 from ledger.client import LedgerError, Receipt, receipt_from_block
 from ledger.contracts import Genesis
+from ledger.errors import KeyFileError
 from ledger.node import MemoryChain, StoreChain
 from ledger.sim import SimCluster
+from ledger.replica_keys import load_or_create_replica_keys, replica_public_keys
 from ledger.storage import LedgerStore
 from ledger.tx import Transaction
+
+__all__ = ["LocalCluster", "replica_public_keys", "cluster_keys"]
+
+
+def cluster_keys(n: int, *, genesis: Genesis, keys_dir: str | os.PathLike | None,
+                 data_dir: str | os.PathLike | None) -> list[crypto.SigningKey]:
+    """The signing keys of replicas ``0..n-1``: from ``keys_dir`` (created if missing), or fresh
+    random keys for a chain kept in memory. Raises :class:`KeyFileError` if they do not match
+    ``genesis.replicas`` (when the genesis lists replicas)."""
+    if keys_dir is None:
+        if data_dir is not None:
+            raise KeyFileError(f"{data_dir}: a ledger kept on disk needs a keys_dir for its replica keys")
+        keys = [crypto.SigningKey.generate() for _ in range(n)]
+    else:
+        keys = load_or_create_replica_keys(keys_dir, n)
+    if genesis.replicas and tuple(k.key_id() for k in keys) != genesis.replicas:
+        where = keys_dir if keys_dir is not None else "<memory>"
+        raise KeyFileError(f"{where}: the {n} replica keys do not match the {len(genesis.replicas)} replicas "
+                           "listed in the genesis")
+    return keys
 
 
 def _locked(fn: Any) -> Any:
@@ -47,9 +75,11 @@ class LocalCluster:
     """See the module docstring. Thread-safe: every public method holds one lock (the B-FDL hook
     submits from a worker thread)."""
 
-    def __init__(self, n: int = 4, *, data_dir: str | os.PathLike | None, genesis: Genesis, seed: int = 0,
-                 batch_size: int = 64, transport: str = "inproc", checkpoint_interval: int = 10,
-                 sync: str = "FULL", max_inflight: int = 2, timeout_ms: float = 60_000.0) -> None:
+    def __init__(self, n: int = 4, *, data_dir: str | os.PathLike | None, genesis: Genesis,
+                 keys_dir: str | os.PathLike | None, seed: int = 0, batch_size: int = 64,
+                 transport: str = "inproc", checkpoint_interval: int = 10, sync: str = "FULL", max_inflight: int = 2,
+                 timeout_ms: float = 60_000.0) -> None:
+        """``seed`` only seeds the in-process network's scheduler (never a key)."""
         if n < 1:
             raise LedgerError(f"a ledger needs at least one replica (got {n})")
         if transport not in ("inproc", "threads", "tcp"):
@@ -67,10 +97,13 @@ class LocalCluster:
         if transport == "tcp":
             from ledger.tcp import TcpCluster
 
-            if self.data_dir is None:
-                raise LedgerError("transport='tcp' needs a data_dir")
-            self._impl = TcpCluster(n, data_dir=self.data_dir, genesis=genesis, seed=seed, cfg=self.cfg, sync=sync)
+            if self.data_dir is None or keys_dir is None:
+                raise LedgerError("transport='tcp' needs a data_dir and a keys_dir")
+            cluster_keys(n, genesis=genesis, keys_dir=keys_dir, data_dir=data_dir)  # create / check them
+            self._impl = TcpCluster(n, data_dir=self.data_dir, genesis=genesis, keys_dir=keys_dir, cfg=self.cfg,
+                                    sync=sync)
             return
+        keys = cluster_keys(n, genesis=genesis, keys_dir=keys_dir, data_dir=data_dir)
 
         def chain(i: int) -> Any:
             if self.data_dir is None:
@@ -84,9 +117,9 @@ class LocalCluster:
             if transport == "threads":
                 from ledger.threadnet import ThreadCluster
 
-                self._impl = ThreadCluster(n, genesis=genesis, seed=seed, cfg=self.cfg, chains=chains)
+                self._impl = ThreadCluster(n, genesis=genesis, seed=seed, cfg=self.cfg, chains=chains, keys=keys)
                 return
-            self._impl = SimCluster(n, genesis=genesis, seed=seed, cfg=self.cfg, chains=chains)
+            self._impl = SimCluster(n, genesis=genesis, seed=seed, cfg=self.cfg, chains=chains, keys=keys)
         except BaseException:
             for c in chains:
                 c.close()

@@ -28,6 +28,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .errors import CanonicalEncodingError
+
 __all__ = [
     "PUBLIC_KEY_BYTES",
     "SIGNATURE_BYTES",
@@ -44,10 +46,6 @@ __all__ = [
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 SEED_BYTES = 32
-
-
-class CanonicalEncodingError(ValueError):
-    """An object cannot be canonically encoded (NaN/Inf, non-str key, non-JSON type)."""
 
 
 @runtime_checkable

@@ -42,6 +42,8 @@ from typing import Any, Protocol, Union
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ledger.errors import MessageDecodeError
+
 MAGIC = b"PB"
 VERSION = 1
 SIG_LEN = 64
@@ -56,10 +58,6 @@ MAX_BATCH_TXS = 8192
 MAX_CERT_MSGS = 256
 MAX_SNAPSHOT_BYTES = 60 * 1024 * 1024
 MAX_NESTED_FRAME = 32 * 1024 * 1024
-
-
-class MessageDecodeError(ValueError):
-    """A frame is malformed, truncated, oversized or of an unknown type."""
 
 
 class Signer(Protocol):

@@ -25,12 +25,10 @@ from ledger import merkle
 from ledger import messages as M
 from ledger import pbft
 from ledger.block import Block, BlockHeader, genesis_block
+from ledger.certificate import CommitCertificate, check_certificate
 from ledger.contracts import ContractState, Genesis, TxResult
+from ledger.errors import KeyFileError, SnapshotError, StorageCorruptError
 from ledger.tx import Transaction, TxDecodeError
-
-
-class SnapshotError(ValueError):
-    pass
 
 
 class MemoryChain:
@@ -38,19 +36,25 @@ class MemoryChain:
 
     def __init__(self) -> None:
         self.blocks: list[Block] = []
+        self.certs: dict[int, bytes] = {}  # height -> encoded commit certificate
         self.meta: dict[str, bytes] = {}
 
     # block store
     def height(self) -> int:
         return len(self.blocks) - 1
 
-    def append(self, block: Block) -> None:
+    def append(self, block: Block, certificate: Optional[bytes] = None) -> None:
         if block.height != len(self.blocks):
             raise ValueError(f"block {block.height} appended at height {len(self.blocks)}")
         self.blocks.append(block)
+        if certificate is not None:
+            self.certs[block.height] = certificate
 
     def get(self, height: int) -> Block:
         return self.blocks[height]
+
+    def certificate(self, height: int) -> Optional[bytes]:
+        return self.certs.get(height)
 
     # metadata
     def put_meta_many(self, items: list[tuple[str, Optional[bytes]]]) -> None:
@@ -76,14 +80,17 @@ class StoreChain:
     def height(self) -> int:
         return self.store.height
 
-    def append(self, block: Block) -> None:
-        self.store.append_block(block)
+    def append(self, block: Block, certificate: Optional[bytes] = None) -> None:
+        self.store.append_block(block, certificate=certificate)
 
     def get(self, height: int) -> Block:
         b = self.store.get_block(height)
         if b is None:
             raise KeyError(f"no block at height {height}")
         return b
+
+    def certificate(self, height: int) -> Optional[bytes]:
+        return self.store.get_certificate(height)
 
     def put_meta_many(self, items: list[tuple[str, Optional[bytes]]]) -> None:
         puts = {k: v for k, v in items if v is not None}
@@ -114,9 +121,11 @@ class LedgerApp:
 
     RECENT_BLOCKS = 64
 
-    def __init__(self, genesis: Genesis, chain: Any, *, checkpoint_interval: int = 10, keep_snapshots: int = 3) -> None:
+    def __init__(self, genesis: Genesis, chain: Any, *, ring: M.KeyRing, checkpoint_interval: int = 10,
+                 keep_snapshots: int = 3) -> None:
         self.genesis = genesis
         self.chain = chain
+        self.ring = ring  # replica public keys: commit certificates of transferred blocks are checked
         self.K = checkpoint_interval
         self.keep = keep_snapshots
         self.contracts = ContractState(genesis)
@@ -183,7 +192,7 @@ class LedgerApp:
     def height(self) -> int:
         return self.head.height
 
-    def execute(self, seq: int, batch: M.Batch, proposer: int) -> pbft.ExecResult:
+    def execute(self, seq: int, batch: M.Batch, proposer: int, commits: tuple[bytes, ...]) -> pbft.ExecResult:
         if seq != self.head.height + 1:
             raise RuntimeError(f"execute({seq}) at height {self.head.height}")
         txs = []
@@ -199,7 +208,7 @@ class LedgerApp:
             height=seq, prev_hash=self.head.hash(), tx_root=merkle.merkle_root([t.tx_hash() for t in txs]),
             state_root=self.contracts.state_root(), view=batch.proposal_view, proposer=proposer, timestamp_ms=ts)
         block = Block(header, tuple(txs), tuple(results))
-        self.chain.append(block)
+        self.chain.append(block, CommitCertificate(batch.timestamp_ms, commits).encode())
         self.head = block
         self._remember(block)
         self.hashes[seq] = header.hash()
@@ -230,8 +239,9 @@ class LedgerApp:
             return None
         start = max(1, have_height + 1)
         blocks = [self.chain.get(h).encode().decode("utf-8") for h in range(start, seq + 1)]
-        return json.dumps({"seq": seq, "from": start, "contracts": snap.to_bytes().decode("utf-8"), "blocks": blocks},
-                          separators=(",", ":")).encode("utf-8")
+        certs = [(self.chain.certificate(h) or b"").hex() for h in range(start, seq + 1)]
+        return json.dumps({"seq": seq, "from": start, "contracts": snap.to_bytes().decode("utf-8"), "blocks": blocks,
+                           "certs": certs}, separators=(",", ":")).encode("utf-8")
 
     def install_snapshot(self, seq: int, block_hash: bytes, state_root: bytes, snapshot: bytes) -> bool:
         try:
@@ -239,9 +249,14 @@ class LedgerApp:
             if obj["seq"] != seq or obj["from"] != self.head.height + 1:
                 return False
             blocks = [Block.decode(b.encode("utf-8")) for b in obj["blocks"]]
+            certs = [bytes.fromhex(c) for c in obj["certs"]]
+            if len(certs) != len(blocks):
+                return False
             prev = self.head
-            for b in blocks:
+            for b, c in zip(blocks, certs):
                 if b.height != prev.height + 1 or b.header.prev_hash != prev.hash() or b.check_body() is not None:
+                    return False
+                if check_certificate(CommitCertificate.decode(c), b.header, prev.header.timestamp_ms, self.ring):
                     return False
                 prev = b
             if prev.height != seq or prev.hash() != block_hash or prev.header.state_root != state_root:
@@ -251,8 +266,8 @@ class LedgerApp:
                 return False
         except (ValueError, KeyError, TypeError, AttributeError):
             return False
-        for b in blocks:
-            self.chain.append(b)
+        for b, c in zip(blocks, certs):
+            self.chain.append(b, c)
             self._remember(b)
             self.hashes[b.height] = b.hash()
             for i, t in enumerate(b.txs):
@@ -297,8 +312,6 @@ class NodeSpec:
 
 
 def _corrupt(chain: Any, problem: str) -> Exception:
-    from ledger.storage import StorageCorruptError
-
     store = getattr(chain, "store", None)
     return StorageCorruptError(getattr(store, "path", "<memory chain>"), None, problem)
 
@@ -312,7 +325,9 @@ class ReplicaNode:
         self.id = spec.rid
         self.chain = chain
         self.transport = transport
-        self.app = LedgerApp(spec.genesis, chain, checkpoint_interval=spec.cfg.checkpoint_interval)
+        if spec.genesis.replicas and tuple(k.hex() for k in spec.keyring.pubkeys) != spec.genesis.replicas:
+            raise KeyFileError(f"replica {spec.rid}: the replica keys do not match the replica set of the genesis")
+        self.app = LedgerApp(spec.genesis, chain, ring=spec.keyring, checkpoint_interval=spec.cfg.checkpoint_interval)
         meta = chain.meta_items()
         view, votes = pbft.restored_votes(meta)
         try:
@@ -321,8 +336,8 @@ class ReplicaNode:
             raise _corrupt(chain, str(exc)) from None
         self.replica = pbft.Replica(spec.rid, spec.cfg, spec.keyring, spec.signer, self.app, view=view, votes=votes,
                                     prepared=prepared)
-        if self.replica.damaged_proofs:
-            raise _corrupt(chain, f"prepared certificate of sequence number {self.replica.damaged_proofs[0]} in the "
+        if self.replica.log.damaged:
+            raise _corrupt(chain, f"prepared certificate of sequence number {self.replica.log.damaged[0]} in the "
                                   "consensus log fails its signature/digest check")
         self.on_commit = on_commit
         self.alive = True

@@ -19,17 +19,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from bfdl_tff.errors import BfdlError
-
 from .crypto import is_hex
+from .errors import OffchainIntegrityError
 
 __all__ = ["OffchainIntegrityError", "OffchainStore", "address_of", "cid_v1", "cid_to_address"]
 
 _CID_PREFIX = bytes([0x01, 0x55, 0x12, 0x20])
-
-
-class OffchainIntegrityError(BfdlError):
-    """A stored object does not hash to its address, or an address is malformed."""
 
 
 def address_of(data: bytes) -> str:

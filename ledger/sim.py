@@ -229,6 +229,9 @@ class SimNet:
 
 
 def make_keys(n: int, seed: int, tag: bytes = b"replica") -> list[crypto.SigningKey]:
+    """Deterministic replica keys derived from ``seed``: for the simulated tests only (a run is a
+    pure function of its seed). Clusters that keep a chain load per-replica key files instead
+    (:mod:`ledger.replica_keys`)."""
     return [crypto.SigningKey.from_seed(crypto.sha256(tag + seed.to_bytes(8, "big") + i.to_bytes(4, "big"))) for i in range(n)]
 
 
@@ -237,7 +240,8 @@ class SimCluster:
 
     def __init__(self, n: int, *, genesis: Genesis, seed: int = 0, faults: Optional[Faults] = None,
                  cfg: Optional[pbft.Config] = None, byzantine: Optional[dict[int, set[str]]] = None,
-                 chains: Optional[list[Any]] = None, chain_factory: Optional[Callable[[int], Any]] = None) -> None:
+                 chains: Optional[list[Any]] = None, chain_factory: Optional[Callable[[int], Any]] = None,
+                 keys: Optional[list[crypto.SigningKey]] = None) -> None:
         self.n = n
         self.genesis = genesis
         self.cfg = cfg or pbft.Config(n=n)
@@ -245,7 +249,9 @@ class SimCluster:
             raise ValueError("cfg.n != n")
         self.f = self.cfg.f
         self.net = SimNet(n, seed=seed, faults=faults)
-        self.keys = make_keys(n, seed)
+        self.keys = list(keys) if keys is not None else make_keys(n, seed)
+        if len(self.keys) != n:
+            raise ValueError(f"{len(self.keys)} replica keys for {n} replicas")
         self.keyring = M.KeyRing([k.public_key() for k in self.keys])
         self.client_keyring = M.KeyRing([k.public_key() for k in self.keys])
         self.byzantine = dict(byzantine or {})
@@ -364,6 +370,7 @@ class SimCluster:
 class Workload:
     """Deterministic B-FDL round traffic: an admin, registered hospitals, an outsider.
 
+    ``replicas``: the replica public keys listed in the genesis (``Genesis.replicas``).
     ``round_txs(r, size)`` returns ``size`` signed transactions for round ``r``: ``round.open``,
     one ``round.commit_update`` per hospital,
     ``round.global_model``, ``privacy.record``, ``metrics.record``, ``access.request_summary``
@@ -371,7 +378,8 @@ class Workload:
     ``size=60``).
     """
 
-    def __init__(self, seed: int = 0, hospitals: int = 8, *, epsilon_cap: float | None = None) -> None:
+    def __init__(self, seed: int = 0, hospitals: int = 8, *, epsilon_cap: float | None = None,
+                 replicas: tuple[str, ...] = ()) -> None:
         def key(tag: str, i: int = 0) -> crypto.SigningKey:
             return crypto.SigningKey.from_seed(crypto.sha256(f"{tag}/{seed}/{i}".encode()))
 
@@ -380,7 +388,8 @@ class Workload:
         self.outsider = key("outsider")
         self.genesis = Genesis(
             admins=(self.admin.key_id(),), epsilon_cap=epsilon_cap,
-            institutions=tuple(("hospital", f"hospital_{i}", h.key_id()) for i, h in enumerate(self.hospitals)))
+            institutions=tuple(("hospital", f"hospital_{i}", h.key_id()) for i, h in enumerate(self.hospitals)),
+            replicas=tuple(replicas))
         self._nonce = 0
 
     def _n(self) -> str:
@@ -416,6 +425,28 @@ class Workload:
 
         return sign_tx(self.outsider, "round.commit_update", {
             "round": r, "commitment": "ab" * 32, "num_examples": 1}, nonce=self._n())
+
+
+def check_certificates(cluster: "SimCluster", replicas: Optional[Iterable[int]] = None) -> int:
+    """Assert: every block above 0 of every honest replica is stored with a commit certificate of
+    2f+1 valid COMMIT signatures of the cluster's replica keys (:mod:`ledger.certificate`).
+
+    Returns the number of certificates checked.
+    """
+    from ledger.certificate import CommitCertificate, check_certificate, keyring_of
+
+    ring = keyring_of([k.key_id() for k in cluster.keys])
+    n = 0
+    for i in (cluster.honest() if replicas is None else replicas):
+        c = cluster.chains[i]
+        for h in range(1, c.height() + 1):
+            raw = c.certificate(h)
+            assert raw is not None, f"replica {i}: block {h} has no commit certificate"
+            bad = check_certificate(CommitCertificate.decode(raw), c.get(h).header, c.get(h - 1).header.timestamp_ms,
+                                    ring)
+            assert bad is None, f"replica {i}: commit certificate of block {h}: {bad}"
+            n += 1
+    return n
 
 
 def check_only_registered(cluster: "SimCluster", allowed: set[str]) -> int:

@@ -6,6 +6,8 @@ before ``append_block`` / ``put_meta`` return), holding:
 * ``blocks(height, hash, prev_hash, header, body)``: canonical header and body bytes;
 * ``txs(height, idx, tx_hash, ok, code)``: transaction index (a replayed transaction may appear
   twice in the chain, rejected the second time, so the hash is indexed but not unique);
+* ``certs(height, cert)``: each block's commit certificate (the 2f+1 signed COMMIT votes that
+  committed it, :mod:`ledger.certificate`), written in the same sqlite transaction as the block;
 * ``meta(key, value)``: consensus metadata.  The PBFT replica persists its votes here *before*
   sending them (``put_meta`` returns only after the fsync), so after a hard kill it neither
   forgets a vote nor casts a conflicting one.
@@ -13,7 +15,8 @@ before ``append_block`` / ``put_meta`` return), holding:
 Integrity on open (``verify="full"`` by default): ``PRAGMA quick_check`` (page-level damage, a
 truncated file), then for every block in height order: contiguous heights from 0, the stored hash
 equals the recomputed header hash, ``prev_hash`` links to the previous block, the body decodes
-strictly and its Merkle root equals ``tx_root``, the result count matches, and (when ``genesis``
+strictly and its Merkle root equals ``tx_root``, the result count matches, its commit certificate
+(if stored) decodes, and (when ``genesis``
 is given) block 0 is that genesis block.  Any failure raises :class:`StorageCorruptError` naming
 the file, the first bad block and the problem: a corrupted database refuses to start.
 A torn write inside sqlite's own WAL is rolled back by sqlite (only an uncommitted transaction
@@ -29,30 +32,16 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from bfdl_tff.errors import BfdlError
-
 from .block import Block, BlockDecodeError, BlockHeader, genesis_block
+from .certificate import CommitCertificate
 from .contracts import TxResult
+from .errors import StorageCorruptError, StorageError
 from .tx import Transaction, TxDecodeError
 
 __all__ = ["LedgerStore", "StorageCorruptError", "StorageError"]
 
-SCHEMA_VERSION = "1"
-
-
-class StorageError(BfdlError):
-    """A write would break the chain (wrong height or previous hash), or the store is closed."""
-
-
-class StorageCorruptError(BfdlError):
-    """The database is damaged or was altered; names the file and the first bad block."""
-
-    def __init__(self, path: str, height: int | None, problem: str) -> None:
-        self.path = path
-        self.height = height
-        self.problem = problem
-        where = f"block {height}" if height is not None else "database"
-        super().__init__(f"{path}: ledger storage corrupt at {where}: {problem}; refusing to start")
+SCHEMA_VERSION = "2"  # 2 added the certs table; a version-1 database is upgraded on open
+_KNOWN_SCHEMAS = ("1", "2")
 
 
 _SCHEMA = """
@@ -72,6 +61,10 @@ CREATE TABLE IF NOT EXISTS txs (
     PRIMARY KEY (height, idx)
 );
 CREATE INDEX IF NOT EXISTS txs_by_hash ON txs(tx_hash);
+CREATE TABLE IF NOT EXISTS certs (
+    height INTEGER PRIMARY KEY,
+    cert BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -117,8 +110,10 @@ class LedgerStore:
             cur = self._db.execute("SELECT value FROM meta WHERE key='__schema__'").fetchone()
             if cur is None:
                 self._db.execute("INSERT INTO meta(key, value) VALUES('__schema__', ?)", (SCHEMA_VERSION.encode(),))
-            elif bytes(cur[0]).decode() != SCHEMA_VERSION:
+            elif bytes(cur[0]).decode() not in _KNOWN_SCHEMAS:
                 raise StorageCorruptError(self.path, None, f"unknown schema version {cur[0]!r}")
+            elif bytes(cur[0]).decode() != SCHEMA_VERSION:
+                self._db.execute("UPDATE meta SET value=? WHERE key='__schema__'", (SCHEMA_VERSION.encode(),))
             self._height, self._head_hash = -1, None
             self._check_chain(verify, genesis)
         except StorageCorruptError:
@@ -138,11 +133,17 @@ class LedgerStore:
         expect_genesis = genesis_block(genesis).hash() if genesis is not None else None
         prev: bytes | None = None
         expected_h = 0
-        for height, h, prev_col, header_b, body_b in self._db.execute(
-            "SELECT height, hash, prev_hash, header, body FROM blocks ORDER BY height"
+        for height, h, prev_col, header_b, body_b, cert in self._db.execute(
+            "SELECT b.height, b.hash, b.prev_hash, b.header, b.body, c.cert FROM blocks b "
+            "LEFT JOIN certs c ON c.height = b.height ORDER BY b.height"
         ):
             problem = self._check_row(expected_h, prev, height, bytes(h), bytes(prev_col), bytes(header_b),
                                       bytes(body_b), verify == "full")
+            if problem is None and cert is not None and verify == "full":
+                try:
+                    CommitCertificate.decode(bytes(cert))
+                except BlockDecodeError as exc:
+                    problem = str(exc)
             if problem is None and height == 0 and expect_genesis is not None and bytes(h) != expect_genesis:
                 problem = "block 0 is not the configured genesis block"
             if problem is not None:
@@ -182,8 +183,10 @@ class LedgerStore:
         return None
 
     # ---- writes -------------------------------------------------------------------------------
-    def append_block(self, block: Block, *, meta: dict[str, bytes] | None = None) -> bytes:
-        """Durably append the next block (and optional meta updates, atomically); returns its hash."""
+    def append_block(self, block: Block, *, meta: dict[str, bytes] | None = None,
+                     certificate: bytes | None = None) -> bytes:
+        """Durably append the next block with its encoded commit certificate and optional meta
+        updates, atomically (one sqlite transaction); returns the block hash."""
         bad = block.check_body()
         if bad:
             raise StorageError(f"{self.path}: block {block.height} is inconsistent: {bad}")
@@ -205,6 +208,8 @@ class LedgerStore:
                     (block.height, h, block.header.prev_hash, block.header.encode(), block.encode_body()),
                 )
                 db.executemany("INSERT INTO txs(height, idx, tx_hash, ok, code) VALUES (?,?,?,?,?)", rows)
+                if certificate is not None:
+                    db.execute("INSERT INTO certs(height, cert) VALUES (?,?)", (block.height, bytes(certificate)))
                 for k, v in (meta or {}).items():
                     db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?,?)", (k, bytes(v)))
                 db.execute("COMMIT")
@@ -309,6 +314,13 @@ class LedgerStore:
             for hb, bb in rows:
                 yield self._decode_row(bytes(hb), bytes(bb))
             h += len(rows)
+
+    def get_certificate(self, height: int) -> bytes | None:
+        """The encoded commit certificate stored with block ``height`` (None if none)."""
+        with self._lock:
+            self._check_open()
+            row = self._db.execute("SELECT cert FROM certs WHERE height=?", (int(height),)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def find_tx(self, tx_hash: bytes) -> tuple[int, int] | None:
         """(height, index) of the first occurrence of a transaction, or None."""

@@ -13,9 +13,10 @@ queue and reconnect-with-backoff; lost frames are recovered by the protocol's re
 The node process (:func:`run_node`) is one asyncio loop: network I/O, timers (``loop.call_later``)
 and the replica, whose actions are performed in order (votes fsynced before the next send).
 
-Config file (JSON, written by :class:`TcpCluster`): ``n``, ``seed`` (replica keys are derived from
-it — a test/benchmark convenience; a deployment would load each replica's key from its keystore),
-``genesis`` (``Genesis.to_dict()``), ``peers`` (``[[host, port], ...]``), ``data_dir``,
+Config file (JSON, written by :class:`TcpCluster`): ``n``, ``keys_dir`` (replica ``i`` reads its
+signing key from ``<keys_dir>/replica-<i>.key``, :mod:`ledger.replica_keys`), ``replicas`` (the
+replicas' hex public keys, in id order; they must equal ``genesis.replicas`` when the genesis lists
+them), ``genesis`` (``Genesis.to_dict()``), ``peers`` (``[[host, port], ...]``), ``data_dir``,
 ``checkpoint_interval``, ``batch_size``, ``max_inflight``, ``view_timeout_ms``, ``sync``.
 """
 
@@ -40,7 +41,8 @@ from ledger import pbft
 from ledger.client import LedgerError, Receipt, ReplyCollector, receipt_from_block
 from ledger.contracts import Genesis
 from ledger.node import NodeSpec, ReplicaNode, StoreChain
-from ledger.sim import make_keys
+from ledger.errors import KeyFileError
+from ledger.replica_keys import key_path, load_replica_key, replica_public_keys
 
 MAX_FRAME = M.MAX_FRAME
 _LEN = struct.Struct(">I")
@@ -116,8 +118,10 @@ class TcpNode:
         cfg = pbft.Config(n=n, checkpoint_interval=conf.get("checkpoint_interval", 10),
                           batch_size=conf.get("batch_size", 64), max_inflight=conf.get("max_inflight", 2),
                           view_timeout_ms=conf.get("view_timeout_ms", 1000))
-        keys = make_keys(n, conf["seed"])
-        ring = M.KeyRing([k.public_key() for k in keys])
+        signer = load_replica_key(conf["keys_dir"], rid)
+        ring = M.KeyRing([bytes.fromhex(k) for k in conf["replicas"]])
+        if ring.pubkeys[rid] != signer.public_key():
+            raise KeyFileError(f"{key_path(conf['keys_dir'], rid)}: key does not match replicas[{rid}] of the config")
         self.genesis = Genesis.from_dict(conf["genesis"])
         from ledger.storage import LedgerStore
 
@@ -127,7 +131,7 @@ class TcpNode:
         for j, (host, port) in enumerate(conf["peers"]):
             if j != rid:
                 self.peers[j] = _Peer(self, j, host, port)
-        self.node = ReplicaNode(NodeSpec(rid, cfg, ring, keys[rid], self.genesis), StoreChain(self.store), self,
+        self.node = ReplicaNode(NodeSpec(rid, cfg, ring, signer, self.genesis), StoreChain(self.store), self,
                                 restarted=restarted)
 
     # -- Transport protocol for ReplicaNode ----------------------------------------------------
@@ -203,7 +207,12 @@ class TcpNode:
 
 
 def run_node(rid: int, config_path: str | os.PathLike) -> int:
-    conf = json.loads(Path(config_path).read_text())
+    try:
+        conf = json.loads(Path(config_path).read_text(encoding="utf-8"))
+        if not isinstance(conf, dict) or not 0 <= rid < int(conf["n"]):
+            raise ValueError(f"replica id {rid} is not in 0..n-1")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LedgerError(f"{config_path}: not a ledger cluster config: {e}") from None
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     node = TcpNode(rid, conf)
@@ -303,11 +312,10 @@ class _Conn:
 class TcpClient:
     """Submit transactions to TCP replicas and wait for f+1 matching replies."""
 
-    def __init__(self, peers: list[tuple[str, int]], *, n: int, seed: int) -> None:
-        self.n = n
+    def __init__(self, peers: list[tuple[str, int]], *, replicas: list[str]) -> None:
+        self.n = n = len(replicas)
         self.f = (n - 1) // 3
-        keys = make_keys(n, seed)
-        self.collector = ReplyCollector(M.KeyRing([k.public_key() for k in keys]), self.f)
+        self.collector = ReplyCollector(M.KeyRing([bytes.fromhex(k) for k in replicas]), self.f)
         self.inbox: "Queue[tuple[int, bytes]]" = Queue()
         self.conns = [_Conn(h, p, self.inbox, i) for i, (h, p) in enumerate(peers)]
 
@@ -399,15 +407,16 @@ class TcpClient:
 class TcpCluster:
     """Start n ``bfdl ledger node`` processes on free loopback ports (killed on close)."""
 
-    def __init__(self, n: int, *, data_dir: Path, genesis: Genesis, seed: int, cfg: pbft.Config,
+    def __init__(self, n: int, *, data_dir: Path, genesis: Genesis, keys_dir: str | os.PathLike, cfg: pbft.Config,
                  sync: str = "FULL", ports: Optional[list[int]] = None) -> None:
         self.n = n
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         ports = ports or free_ports(n)
         self.peers = [("127.0.0.1", p) for p in ports]
+        replicas = list(replica_public_keys(keys_dir, n))
         self.conf = {
-            "n": n, "seed": seed, "genesis": genesis.to_dict(), "peers": [list(p) for p in self.peers],
+            "n": n, "keys_dir": str(Path(keys_dir).resolve()), "replicas": replicas, "genesis": genesis.to_dict(), "peers": [list(p) for p in self.peers],
             "data_dir": str(self.data_dir), "checkpoint_interval": cfg.checkpoint_interval,
             "batch_size": cfg.batch_size, "max_inflight": cfg.max_inflight, "view_timeout_ms": 1000, "sync": sync,
         }
@@ -419,7 +428,7 @@ class TcpCluster:
         try:
             for i in range(n):
                 self.start(i)
-            self.client = TcpClient(self.peers, n=n, seed=seed)
+            self.client = TcpClient(self.peers, replicas=replicas)
             self.wait_ready()
         except BaseException:
             self.close()
@@ -428,7 +437,7 @@ class TcpCluster:
     def start(self, i: int) -> None:
         log = open(self.data_dir / f"replica_{i}.log", "ab")
         self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "bfdl_tff.cli", "ledger", "node", "--id", str(i), "--config", str(self.config_path)],
+            [sys.executable, "-m", "ledger", "node", "--id", str(i), "--config", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
 

@@ -82,14 +82,14 @@ class ThreadNet:
 class ThreadCluster:
     """``n`` replicas, each in its own thread (see the module docstring).
 
-    ``chains``: one chain per replica (``StoreChain`` over sqlite, or ``MemoryChain``). Replica
-    keys are derived from ``seed`` as in :class:`ledger.sim.SimCluster` (same chain for the same
-    seed). Thread-safe for one client at a time: :meth:`submit` from any thread, :meth:`replies`
+    ``chains``: one chain per replica (``StoreChain`` over sqlite, or ``MemoryChain``).
+    ``keys``: the replicas' signing keys (:mod:`ledger.replica_keys`); without them, test keys
+    derived from ``seed`` as in :class:`ledger.sim.SimCluster`. Thread-safe for one client at a time: :meth:`submit` from any thread, :meth:`replies`
     from the client's thread. :meth:`close` stops and joins every thread (idempotent).
     """
 
     def __init__(self, n: int, *, genesis: Genesis, seed: int = 0, cfg: Optional[pbft.Config] = None,
-                 chains: Optional[list[Any]] = None) -> None:
+                 chains: Optional[list[Any]] = None, keys: Optional[list[Any]] = None) -> None:
         self.n = n
         self.genesis = genesis
         self.cfg = cfg or pbft.Config(n=n)
@@ -97,7 +97,9 @@ class ThreadCluster:
             raise ValueError("cfg.n != n")
         self.f = self.cfg.f
         self.net = ThreadNet(n)
-        self.keys = make_keys(n, seed)
+        self.keys = list(keys) if keys is not None else make_keys(n, seed)
+        if len(self.keys) != n:
+            raise ValueError(f"{len(self.keys)} replica keys for {n} replicas")
         self.client_keyring = M.KeyRing([k.public_key() for k in self.keys])
         self.collector = ReplyCollector(self.client_keyring, self.f)
         self.chains = chains or [MemoryChain() for _ in range(n)]

@@ -30,9 +30,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from bfdl_tff.errors import BfdlError
-
 from . import crypto
+from .errors import TxDecodeError
 
 __all__ = [
     "DEFAULT_CHAIN_ID",
@@ -53,10 +52,6 @@ _KIND_RE = re.compile(r"[a-z][a-z_]{0,30}\.[a-z][a-z_]{0,30}\Z")
 _CHAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 _NONCE_RE = re.compile(r"[\x21-\x7e]{1,128}\Z")
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
-
-
-class TxDecodeError(BfdlError, ValueError):
-    """Bytes are not a well-formed, canonical transaction encoding."""
 
 
 def _check_value(v: Any, depth: int, where: str) -> None:

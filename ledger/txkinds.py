@@ -2,7 +2,7 @@
 fields it carries (paper 3.4: contracts for access control, update commitments, privacy budget).
 
 The contracts (:mod:`ledger.contracts`) check every transaction against its row before running
-the kind's handler, and the audit of a run (``bfdl_tff.integration.audit``) checks the signer of
+the kind's handler (registered against the row in :mod:`ledger.handlers`), and the audit of a run (``bfdl_tff.integration.audit``) checks the signer of
 every accepted transaction against the same rows. A new kind is added here, once.
 """
 
@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
-__all__ = ["TX_KINDS", "TxKind", "ROLES"]
+__all__ = ["TX_KINDS", "TxKind", "ROLES", "RUN_FILES", "markdown_table"]
 
 #: Roles an institution key can be registered with.
 ROLES = ("hospital", "aggregator", "auditor", "admin")
+
+#: The result files a ``run.finalize`` record binds, by name (payload ``files``: name -> SHA-256 hex).
+RUN_FILES = ("metrics.csv", "summary.json", "config.yaml", "final_model.npz")
 
 
 @dataclass(frozen=True)
@@ -50,4 +53,15 @@ TX_KINDS: Mapping[str, TxKind] = MappingProxyType({k.name: k for k in (
     _k("metrics.record", _SERVER, {"round", "metrics"}, summary="the round's released metrics"),
     _k("round.close", _SERVER, {"round"}, summary="close the open round (updates reputations)"),
     _k("access.request_summary", _HOSPITAL, {"round"}, summary="a hospital reads an opened round's summary"),
+    _k("run.finalize", _SERVER, {"rounds", "files"},
+       summary="close the run: SHA-256 of its result files, once, after the last round (no round opens after)"),
 )})
+
+
+def markdown_table() -> str:
+    """The table as Markdown (``docs/ledger.md`` holds exactly this; a test compares them)."""
+    rows = ["| kind | senders | required fields | optional fields | what it does |", "|---|---|---|---|---|"]
+    for k in TX_KINDS.values():
+        opt = ", ".join(sorted(k.optional)) or "-"
+        rows.append(f"| `{k.name}` | {', '.join(k.roles)} | {', '.join(sorted(k.required))} | {opt} | {k.summary} |")
+    return "\n".join(rows)

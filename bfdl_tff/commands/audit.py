@@ -12,17 +12,17 @@ import sys
 from bfdl_tff.errors import BfdlError
 
 
-def _admin_key(value: str) -> str:
-    if not re.fullmatch(r"[0-9a-f]{64}", value):
-        raise BfdlError(f"--admin-key {value[:80]!r}: expected 64 lowercase hex characters (an Ed25519 public key)")
+def _hex32(option: str, value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise BfdlError(f"{option} {value[:80]!r}: expected 64 lowercase hex characters")
     return value
 
 
 def _verify(args: argparse.Namespace) -> int:
     from bfdl_tff.integration.audit import verify_run
 
-    admin = _admin_key(args.admin_key) if args.admin_key is not None else None
-    res = verify_run(args.run_dir, admin_key=admin)
+    res = verify_run(args.run_dir, admin_key=_hex32("--admin-key", args.admin_key),
+                     genesis_hash=_hex32("--genesis-hash", args.genesis_hash))
     for c in res.checks:
         if args.verbose or not c.ok:
             print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.message}" + (f" [{c.where}]" if c.where and not c.ok else ""))
@@ -50,6 +50,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     pv = sub.add_parser("verify", help="re-verify chain, replicas, signatures, rounds, checkpoints, result files, budget")
     pv.add_argument("run_dir")
     pv.add_argument("--admin-key", default=None, help="hex admin public key the genesis must contain")
+    pv.add_argument("--genesis-hash", default=None,
+                    help="hex hash the genesis must have (pins admins, replica keys and cap; printed by -v)")
     pv.add_argument("-v", "--verbose", action="store_true", help="print every check")
     pv.set_defaults(func=_verify)
     pr = sub.add_parser("report", help="Markdown audit trail (default RUN_DIR/audit/report.md; '-' = stdout)")

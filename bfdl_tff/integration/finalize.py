@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from ledger.txkinds import RUN_FILES
+
 from bfdl_tff.runs import RunDir
 
-#: The run files bound by ``run.finalize``, in the order the audit reports them.
-RESULT_FILES: tuple[str, ...] = ("metrics.csv", "summary.json", "config.yaml", "final_model.npz")
+#: The run files bound by ``run.finalize`` (the contract's list), in the order the audit reports them.
+RESULT_FILES: tuple[str, ...] = tuple(RUN_FILES)
 
 
 def result_files(run: RunDir) -> dict[str, Path]:

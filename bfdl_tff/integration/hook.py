@@ -4,10 +4,12 @@ tracked the origin of each model update hash, the institution contributing to ea
 timestamp"; 3.4; 3.5 "every budget change recorded"; objectives 5 and 6 of section 1.2).
 
 At start (:meth:`LedgerHook.on_start`) it loads the institution keys from the keystore (outside
-the run directory, :mod:`bfdl_tff.keys`), opens the run's ledger (``RunDir.ledger_dir``, layout in
-:class:`~bfdl_tff.integration.ledger_api.LedgerFiles`) and has the ``admin`` key register every
-hospital, the aggregator and an auditor; the genesis fixes the privacy-budget cap. Registration is
-waited for: nothing later is valid without it.
+the run directory, :mod:`bfdl_tff.keys`), creates or loads the replica keys of the run's chain
+(``<keystore>/ledger/<chain id>/``, listed in the genesis as ``Genesis.replicas``; every block is
+stored with a commit certificate of those replicas), opens the run's ledger (``RunDir.ledger_dir``,
+layout in :class:`~bfdl_tff.integration.ledger_api.LedgerFiles`) and has the ``admin`` key register
+every hospital, the aggregator and an auditor; the genesis fixes the privacy-budget cap.
+Registration is waited for: nothing later is valid without it.
 
 After each round (:meth:`LedgerHook.on_round_end`) it records the round's ``2K + 5`` transactions
 (:mod:`bfdl_tff.integration.round_txs`). Rounds are recorded in order 1, 2, 3, ...: a round that
@@ -36,8 +38,11 @@ import threading
 import time
 from typing import Sequence
 
-from ledger.cluster import LocalCluster
+from pathlib import Path
+
+from ledger.cluster import LocalCluster, replica_public_keys
 from ledger.contracts import Genesis
+from ledger.errors import KeyFileError
 from ledger.storage import LedgerStore
 
 from bfdl_tff.config import ExperimentConfig
@@ -53,10 +58,12 @@ from bfdl_tff.keys import (
     ADMIN_NAME,
     AGGREGATOR_NAME,
     KeyStore,
+    default_keystore_dir,
     ensure_outside,
     key_name,
     keystore_dir,
     open_keystore,
+    replica_keys_dir,
     role_of,
 )
 from bfdl_tff.runs import RunDir
@@ -75,13 +82,17 @@ class PrivacyBudgetExceeded(LedgerHookError):
 class LedgerHook:
     """:class:`bfdl_tff.federated.hooks.RoundHook` that records every round on the ledger."""
 
-    def __init__(self, run: RunDir, *, keystore: KeyStore, replicas: int = 4, transport: str = "inproc",
-                 batch_size: int = 64, checkpoint_interval: int = 10, epsilon_cap: float = 1.0, seed: int = 0,
-                 create_missing_keys: bool = True, wait_for_commit: bool = False,
-                 request_summaries: bool = True) -> None:
+    def __init__(self, run: RunDir, *, keystore: KeyStore, keystore_root: Path | None = None, replicas: int = 4,
+                 transport: str = "inproc", batch_size: int = 64, checkpoint_interval: int = 10,
+                 epsilon_cap: float = 1.0, seed: int = 0, create_missing_keys: bool = True,
+                 wait_for_commit: bool = False, request_summaries: bool = True) -> None:
+        """``keystore_root``: the local keystore directory that holds the replica keys
+        (default :func:`bfdl_tff.keys.default_keystore_dir`); ``seed`` only seeds the in-process
+        network's scheduler."""
         self.run = run
         self.files = L.LedgerFiles.of(run)
         self.keystore = keystore
+        self.keystore_root = keystore_root if keystore_root is not None else default_keystore_dir()
         self.replicas = replicas
         self.transport = transport
         self.batch_size = batch_size
@@ -131,9 +142,7 @@ class LedgerHook:
         self.genesis = self._load_or_create_genesis(signers[ADMIN_NAME].public_key())
         # The genesis is the authority (on resume it may predate this config): no cap = inf.
         self.epsilon_cap = math.inf if self.genesis.epsilon_cap is None else float(self.genesis.epsilon_cap)
-        self.cluster = LocalCluster(
-            self.replicas, data_dir=self.files.replicas_dir, genesis=self.genesis, seed=self.seed,
-            batch_size=self.batch_size, transport=self.transport, checkpoint_interval=self.checkpoint_interval)
+        self.cluster = self._open_cluster(self.genesis)
         self.signer = RoundSigner(signers=signers, names=names, chain_id=self.genesis.chain_id,
                                   offchain=self.files.offchain(), request_summaries=self.request_summaries)
         # Resume: rounds the contract already closed are not recorded again.
@@ -153,15 +162,28 @@ class LedgerHook:
         self.timing.registration_seconds = time.perf_counter() - t0
 
     def _load_or_create_genesis(self, admin_pubkey: bytes) -> Genesis:
+        """The recorded genesis (resume), or a new one listing the run's replica keys."""
         if self.files.genesis_file.exists():
             try:
                 return self.files.load_genesis()
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise LedgerHookError(f"{self.files.genesis_file}: unreadable genesis: {e}") from None
         cap = self.epsilon_cap if self.epsilon_cap > 0 else None
-        genesis = Genesis(admins=(admin_pubkey.hex(),), epsilon_cap=cap, chain_id=L.new_chain_id(self.run.name))
+        chain_id = L.new_chain_id(self.run.name)
+        replicas = replica_public_keys(replica_keys_dir(self.keystore_root, chain_id), self.replicas)
+        genesis = Genesis(admins=(admin_pubkey.hex(),), epsilon_cap=cap, chain_id=chain_id, replicas=replicas)
         self.files.write_genesis(genesis)
         return genesis
+
+    def _open_cluster(self, genesis: Genesis) -> LocalCluster:
+        keys_dir = replica_keys_dir(self.keystore_root, genesis.chain_id)
+        try:
+            return LocalCluster(
+                self.replicas, data_dir=self.files.replicas_dir, genesis=genesis, keys_dir=keys_dir, seed=self.seed,
+                batch_size=self.batch_size, transport=self.transport, checkpoint_interval=self.checkpoint_interval)
+        except KeyFileError as e:
+            raise LedgerHookError(
+                f"{e} (a resumed run needs the keystore it started with: keys.path or $BFDL_KEYSTORE)") from None
 
     def _register(self, knames: list[str]) -> None:
         assert self.cluster is not None and self.signer is not None
@@ -298,6 +320,12 @@ class LedgerHook:
             payload = finalize_payload(self.run, rounds=rounds)
         except FileNotFoundError as e:
             raise LedgerHookError(str(e)) from None
+        done = self.cluster.query("run/final")
+        if done is not None:  # on_end again after a crash: the record must be this run's
+            if {"rounds": done["rounds"], "files": done["files"]} == payload:
+                return
+            raise LedgerHookError(f"{self.files.root}: the chain's {FINALIZE_KIND} record (height {done['height']}) "
+                                  "binds other result files than those in the run directory")
         tx = self.signer.sign(AGGREGATOR_NAME, FINALIZE_KIND, payload)
         r = self.cluster.submit(tx)
         if not r.ok:
@@ -339,14 +367,15 @@ class LedgerHook:
 def build_ledger_hook(cfg: ExperimentConfig, run: RunDir) -> LedgerHook:
     """The hook for ``cfg.arm == "bfdl"`` with ``cfg.ledger.enabled``.
 
-    Keys: ``cfg.keys`` (the local keystore is :func:`bfdl_tff.keys.keystore_dir`, refused inside
-    the run directory); privacy cap: ``cfg.ledger.epsilon_cap`` or, when 0, ``cfg.privacy.target_epsilon``.
+    Keys: ``cfg.keys`` (the local keystore :func:`bfdl_tff.keys.keystore_dir`, refused inside the
+    run directory, holds the institution keys of the local backend and the replica keys); privacy cap: ``cfg.ledger.epsilon_cap`` or, when 0, ``cfg.privacy.target_epsilon``.
     """
-    if cfg.keys.backend == "local":
-        ensure_outside(keystore_dir(cfg.keys), run.path)
+    root = keystore_dir(cfg.keys)  # institution keys (local backend) and the replica keys
+    ensure_outside(root, run.path)
     return LedgerHook(
         run,
         keystore=open_keystore(cfg.keys),
+        keystore_root=root,
         replicas=cfg.ledger.replicas,
         transport=cfg.ledger.transport,
         batch_size=cfg.ledger.batch_size,

@@ -73,13 +73,13 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
-def replica_keys_dir(cfg: KeysConfig, chain_id: str, *, override: str | Path | None = None) -> Path:
-    """``<keystore>/ledger/<chain id>/`` (created 0700): the replica signing keys of one chain."""
+def replica_keys_dir(keystore: Path, chain_id: str) -> Path:
+    """``<keystore>/ledger/<chain id>/`` (created 0700): the replica signing keys of one chain,
+    passed to :class:`ledger.cluster.LocalCluster` as ``keys_dir``."""
     if not chain_id or "/" in chain_id or chain_id in (".", ".."):
         raise KeyStoreError(f"invalid chain id {chain_id!r} for a replica key directory")
-    root = keystore_dir(cfg, override=override)
-    _private_dir(root)
-    return _private_dir(_private_dir(root / "ledger") / chain_id)
+    _private_dir(keystore)
+    return _private_dir(_private_dir(keystore / "ledger") / chain_id)
 
 
 def open_keystore(cfg: KeysConfig, *, override: str | Path | None = None) -> KeyStore:

@@ -28,15 +28,15 @@ def test_keystore_location_precedence(tmp_path, monkeypatch):
 
 
 def test_replica_keys_dir_is_private_and_per_chain(tmp_path):
-    cfg = KeysConfig(path=str(tmp_path / "ks"))
-    a = replica_keys_dir(cfg, "bfdl-run-0123abcd")
-    b = replica_keys_dir(cfg, "bfdl-run-4567ef01")
+    ks = keystore_dir(KeysConfig(path=str(tmp_path / "ks")))
+    a = replica_keys_dir(ks, "bfdl-run-0123abcd")
+    b = replica_keys_dir(ks, "bfdl-run-4567ef01")
     assert a == tmp_path / "ks" / "ledger" / "bfdl-run-0123abcd" and a != b
     for d in (tmp_path / "ks", tmp_path / "ks" / "ledger", a, b):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700
     for bad in ("", "..", "a/b"):
         with pytest.raises(KeyStoreError, match="invalid chain id"):
-            replica_keys_dir(cfg, bad)
+            replica_keys_dir(ks, bad)
 
 
 def test_cli_uses_the_default_keystore(capsys):

@@ -11,12 +11,14 @@ agreement, signers, rounds 1..N each exactly once and agreeing with ``summary.js
 names the replica database and block / transaction, the round, or the file. The result is written
 to ``RunDir.audit_dir / "verify.json"``. The genesis file itself is authenticated by block 0, and
 ``admin_key`` pins the expected administrator key for a verifier who does not want to trust the
-run directory's copy of the genesis.
+run directory's copy of the genesis; ``genesis_hash`` pins all of it (admins, replica keys, cap).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from ledger.errors import LedgerError
 
 from bfdl_tff.integration.audit.checks import BASE_CHECKS, CHAIN_CHECKS
 from bfdl_tff.integration.audit.context import AuditContext, open_audit
@@ -47,9 +49,14 @@ def run_checks(ctx: AuditContext) -> AuditResult:
     return res.finish()
 
 
-def verify_run(run_dir: str | Path, *, admin_key: str | None = None, write: bool = True) -> AuditResult:
-    """Audit a run directory (raises :class:`AuditError` if it is not a B-FDL run with a ledger)."""
-    ctx = open_audit(run_dir, admin_key=admin_key)
+def verify_run(run_dir: str | Path, *, admin_key: str | None = None, genesis_hash: str | None = None,
+               write: bool = True) -> AuditResult:
+    """Audit a run directory (raises :class:`AuditError` if it is not a B-FDL run with a ledger).
+
+    ``genesis_hash`` / ``admin_key`` pin the genesis for a verifier who does not trust the run
+    directory's ``genesis.json`` (which lists the admin and replica keys everything is checked
+    against)."""
+    ctx = open_audit(run_dir, admin_key=admin_key, genesis_hash=genesis_hash)
     res = run_checks(ctx)
     if write:
         out = ctx.run.audit_dir / "verify.json"
@@ -75,7 +82,10 @@ def audit_report(run_dir: str | Path, *, verification: AuditResult | None = None
         named = [d for d in dbs if d.name == verification.chain.get("replica")]
         if not dbs:
             raise AuditError(f"{ctx.files.replicas_dir}: no replica database to report on")
-        ctx.chain = read_chain((named or dbs)[0], ctx.genesis)
+        try:
+            ctx.chain = read_chain((named or dbs)[0], ctx.genesis)
+        except LedgerError as e:
+            raise AuditError(f"cannot report on an unreadable chain: {e}") from None
     return render(ctx, verification, ctx.chain)
 
 

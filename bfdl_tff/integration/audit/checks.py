@@ -6,10 +6,12 @@ Each check is a small function ``(AuditContext) -> list[Check]`` returning its r
 the order of :data:`BASE_CHECKS` then :data:`CHAIN_CHECKS`, and the first failing row is the
 audit's first failure:
 
-1. ``genesis``: the recorded genesis reads (and holds the pinned admin key, if given);
+1. ``genesis``: the recorded genesis reads (and has the pinned genesis hash / holds the pinned
+   admin key, if given; its hash is printed so that a consortium can publish it);
 2. ``chain:replica_<i>``: :func:`ledger.verify.verify_chain` on every replica database (block
-   hashes, links, Merkle roots, every signature, re-execution reproducing results and state roots;
-   failures are named by database, block and transaction);
+   hashes, links, Merkle roots, every signature, the commit certificate of every block against the
+   replica keys listed in the genesis, re-execution reproducing results and state roots; failures
+   are named by database, block and transaction);
 3. ``replicas_agree``: every replica at the same height and head;
 4. ``signers``: every accepted transaction signed by a key the registry held (active, with a role
    of :data:`ledger.txkinds.TX_KINDS` for the kind) at that height;
@@ -35,6 +37,7 @@ import json
 import math
 from collections.abc import Callable
 
+from ledger.errors import LedgerError
 from ledger.txkinds import TX_KINDS
 from ledger.verify import verify_chain
 
@@ -52,15 +55,20 @@ CheckFn = Callable[[AuditContext], list[Check]]
 
 # ---------------------------------------------------------------------------- chain integrity
 def check_genesis(ctx: AuditContext) -> list[Check]:
+    """The recorded genesis reads, lists the replica set, and matches the verifier's pins."""
     where = str(ctx.files.genesis_file)
     try:
         ctx.genesis = ctx.files.load_genesis()
     except (OSError, ValueError, KeyError, TypeError) as e:
         return [Check("genesis", False, f"unreadable genesis: {e}", where)]
-    g = ctx.genesis
+    g, digest = ctx.genesis, ctx.genesis.hash().hex()
+    if ctx.genesis_hash is not None and ctx.genesis_hash != digest:
+        return [Check("genesis", False, f"genesis hash {digest[:16]}... is not the expected "
+                      f"{ctx.genesis_hash[:16]}... (genesis.json was replaced)", where)]
     if ctx.admin_key is not None and ctx.admin_key not in g.admins:
         return [Check("genesis", False, f"expected admin key {ctx.admin_key[:16]}... is not in the genesis", where)]
-    return [Check("genesis", True, f"chain {g.chain_id}, {len(g.admins)} admin key(s), epsilon cap {g.epsilon_cap}")]
+    return [Check("genesis", True, f"chain {g.chain_id}, genesis hash {digest}, {len(g.admins)} admin key(s), "
+                  f"{len(g.replicas)} replica keys, epsilon cap {g.epsilon_cap}")]
 
 
 def check_replica_chains(ctx: AuditContext) -> list[Check]:
@@ -187,7 +195,7 @@ def _checkpoint_row(ctx: AuditContext, r: int, model_hash: str, addr: str | None
         data = store.get(addr)
     except KeyError:
         return Check(name, False, "checkpoint missing from the off-chain store", path)
-    except (BfdlError, OSError, ValueError) as e:
+    except (LedgerError, OSError, ValueError) as e:
         return Check(name, False, f"checkpoint does not hash to its on-chain address ({type(e).__name__})", path)
     if hashlib.sha256(data).hexdigest() != sha:
         return Check(name, False, "checkpoint bytes do not match the on-chain checkpoint_sha256", path)

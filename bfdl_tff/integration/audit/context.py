@@ -22,7 +22,8 @@ from bfdl_tff.runs import RunDir
 class AuditContext:
     run: RunDir
     files: LedgerFiles
-    admin_key: str | None = None
+    admin_key: str | None = None  # pinned by the verifier (hex), or None
+    genesis_hash: str | None = None  # pinned by the verifier (hex ``Genesis.hash()``), or None
     genesis: Genesis | None = None
     reports: dict[Path, VerifyReport] = field(default_factory=dict)  # replica db -> verify_chain
     chain: ChainView | None = None  # the first replica whose chain verified
@@ -46,7 +47,7 @@ class AuditContext:
         return f"{db} block {t.height} tx {t.index} ({t.kind} {t.tx_hash[:16]})"
 
 
-def open_audit(run_dir: str | Path, *, admin_key: str | None = None) -> AuditContext:
+def open_audit(run_dir: str | Path, *, admin_key: str | None = None, genesis_hash: str | None = None) -> AuditContext:
     """The audit context of a run directory; :class:`AuditError` if it cannot be audited."""
     path = Path(run_dir)
     if not path.is_dir():
@@ -60,7 +61,7 @@ def open_audit(run_dir: str | Path, *, admin_key: str | None = None) -> AuditCon
     files = LedgerFiles.of(run)
     if not files.genesis_file.is_file():
         raise AuditError(f"{files.genesis_file}: missing (not a B-FDL run with the ledger enabled?)")
-    return AuditContext(run=run, files=files, admin_key=admin_key)
+    return AuditContext(run=run, files=files, admin_key=admin_key, genesis_hash=genesis_hash)
 
 
 __all__ = ["AuditContext", "open_audit"]

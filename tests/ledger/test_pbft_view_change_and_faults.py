@@ -11,7 +11,8 @@ import pytest
 
 from ledger import messages as M
 from ledger import pbft
-from ledger.sim import Faults, SimCluster, Workload, check_only_registered, effective_tx_hashes
+from ledger.sim import (Faults, SimCluster, Workload, check_certificates, check_only_registered,
+                        effective_tx_hashes)
 
 
 def _cluster(n=4, seed=0, *, faults=None, byzantine=None, K=5, hospitals=4, **kw):
@@ -27,6 +28,7 @@ def _allowed(w):
 def _safe(c, w, replicas=None):
     top = c.check_safety(replicas)
     check_only_registered(c, _allowed(w))
+    check_certificates(c, replicas)  # every stored block carries a valid 2f+1 commit certificate
     for i in (c.honest() if replicas is None else replicas):
         eff = effective_tx_hashes(c.chains[i])
         assert len(eff) == len(set(eff)), f"replica {i}: a transaction took effect twice"
@@ -72,7 +74,7 @@ def test_primary_crash_mid_batch_view_change_no_loss_no_duplicate():
     c.net.partition([[0, 1], [2, 3]])
     hs = c.submit(txs)
     c.net.run(max_ms=1)
-    assert c.nodes[1].replica.log, "replica 1 did not pre-prepare the batch"
+    assert c.nodes[1].replica.log.slots, "replica 1 did not pre-prepare the batch"
     c.crash(0)
     c.net.heal()
     assert c.run_until_committed(hs, max_ms=30_000), c.heights()
@@ -109,7 +111,7 @@ def test_equivocating_primary_at_most_one_commits_and_is_recorded():
     assert c.run_until_committed(hs, max_ms=30_000), c.heights()
     _rounds(c, w, 2, 2)
     _safe(c, w, [1, 2, 3])
-    recorded = [c.nodes[i].replica.equivocations for i in (1, 2, 3)]
+    recorded = [c.nodes[i].replica.vc.equivocations for i in (1, 2, 3)]
     assert any(recorded), "no honest replica recorded the equivocation"
     assert all(e[2] == 0 for rec in recorded for e in rec)
 
@@ -254,14 +256,14 @@ def test_committed_batch_survives_whole_cluster_crash_and_view_change():
     hs = c.submit(w.round_txs(2, 5))
     c.net.run(until=lambda: c.heights()[0] > start, max_ms=2_000)
     assert c.heights()[0] == start + 1 and c.heights()[1:] == [start] * 3
-    assert all(c.nodes[i].replica.prepared_proofs.get(start + 1) for i in (1, 2, 3))
+    assert all(c.nodes[i].replica.log.prepared.get(start + 1) for i in (1, 2, 3))
     c.net._link = orig_link
     for i in range(4):
         c.crash(i)
     for i in range(4):
         c.restart(i)
     for i in (1, 2, 3):  # the certificate came back from disk
-        assert c.nodes[i].replica.prepared_proofs.get(start + 1) is not None
+        assert c.nodes[i].replica.log.prepared.get(start + 1) is not None
     hs2 = c.submit(w.round_txs(2, 5))  # the client retransmits
     assert c.run_until_committed(hs2, max_ms=60_000), c.heights()
     _rounds(c, w, 3, 2)
@@ -296,12 +298,12 @@ def test_restarted_primary_does_not_equivocate_on_a_slot_it_voted_for():
     hs = c.submit(w.round_txs(2, 5), targets=[0])
     c.net.run(max_ms=1)
     seq = c.heights()[0] + 1
-    assert c.nodes[0].replica.votes.get(seq) is not None
+    assert c.nodes[0].replica.log.votes.get(seq) is not None
     c.restart(0)
     c.net.heal()
     hs = c.submit(w.round_txs(2, 5))
     assert c.run_until_committed(hs, max_ms=60_000), c.heights()
     assert c.nodes[0].replica.stats.get("voted_slot_after_restart", 0) >= 1
-    assert all(not c.nodes[i].replica.equivocations for i in range(4))
+    assert all(not c.nodes[i].replica.vc.equivocations for i in range(4))
     assert all(c.nodes[i].replica.stats.get("conflicting_vote_refused", 0) == 0 for i in range(4))
     _safe(c, w)

@@ -12,7 +12,7 @@ import pytest
 
 from ledger import messages as M
 from ledger.bench import run_bench
-from ledger.cluster import LocalCluster
+from ledger.cluster import LocalCluster, replica_public_keys
 from ledger.sim import Workload
 from ledger.threadnet import replica_threads_alive
 from ledger.verify import verify_chain
@@ -20,8 +20,9 @@ from ledger.verify import verify_chain
 
 @pytest.mark.parametrize("n", [1, 4])
 def test_threads_commit_agree_and_verify(tmp_path, n):
-    w = Workload(21, 4)
-    with LocalCluster(n, data_dir=tmp_path, genesis=w.genesis, seed=3, transport="threads", batch_size=16) as lc:
+    w = Workload(21, 4, replicas=replica_public_keys(tmp_path / "keys", n))
+    with LocalCluster(n, data_dir=tmp_path / "db", genesis=w.genesis, keys_dir=tmp_path / "keys", seed=3,
+                      transport="threads", batch_size=16) as lc:
         receipts = []
         for r in range(1, 4):
             receipts += lc.submit_many(w.round_txs(r, 20))
@@ -43,7 +44,8 @@ def test_threads_commit_agree_and_verify(tmp_path, n):
 
 def test_junk_frames_do_not_stop_a_replica_and_reopen_continues(tmp_path):
     w = Workload(22, 4)
-    with LocalCluster(4, data_dir=tmp_path, genesis=w.genesis, seed=4, transport="threads") as lc:
+    with LocalCluster(4, data_dir=tmp_path / "db", genesis=w.genesis, keys_dir=tmp_path / "keys", seed=4,
+                      transport="threads") as lc:
         lc.submit_many(w.round_txs(1, 10))
         cl = lc._impl
         for junk in (b"", b"PB", b"\x00" * 300, M.encode(M.Request((b"{}",)), M.CLIENT_SENDER, None)):
@@ -52,7 +54,8 @@ def test_junk_frames_do_not_stop_a_replica_and_reopen_continues(tmp_path):
         assert not cl.errors
         assert cl.nodes[2].replica.stats.get("malformed", 0) >= 1
         h1 = lc.heads()[0][0]
-    with LocalCluster(4, data_dir=tmp_path, genesis=w.genesis, seed=4, transport="threads") as lc:
+    with LocalCluster(4, data_dir=tmp_path / "db", genesis=w.genesis, keys_dir=tmp_path / "keys", seed=4,
+                      transport="threads") as lc:
         assert lc.heads()[0][0] == h1
         rs = lc.submit_many(w.round_txs(3, 10))
         assert min(r.height for r in rs) == h1 + 1

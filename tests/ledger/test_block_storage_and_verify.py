@@ -1,5 +1,9 @@
 """ledger.storage / offchain / verify: durable chain, tamper and torn-tail detection, hard-kill
-recovery, content-addressed store, full chain verification by re-execution."""
+recovery, content-addressed store, full chain verification by re-execution.
+
+The chains here are built without consensus (``build_block``), so they carry no commit certificates
+and are verified with ``require_certificates=False``; certificates are tested in
+``test_pbft_commit_certificates.py``."""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from ledger.storage import LedgerStore, StorageCorruptError, StorageError
 from ledger.tx import sign_tx
 from ledger.verify import verify_chain
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ADMIN = crypto.SigningKey.from_seed(bytes([1]) * 32)
 AGG = crypto.SigningKey.from_seed(bytes([3]) * 32)
 HOSP = [crypto.SigningKey.from_seed(bytes([10 + i]) * 32) for i in range(3)]
@@ -95,7 +99,7 @@ def test_append_read_and_linkage(tmp_path: Path) -> None:
     store.close()
     with LedgerStore(tmp_path / "l.db", genesis=GENESIS) as again:
         assert again.height == 5 and again.get_meta("view") == b"3" and again.get_meta("vote/9/commit") == b"y"
-        rep = verify_chain(again, genesis=GENESIS)
+        rep = verify_chain(again, genesis=GENESIS, require_certificates=False)
         assert rep.ok, rep
         assert rep.blocks == 6 and rep.txs == 35 and rep.rejected_txs == 5
         assert rep.state_root == state.state_root().hex()
@@ -121,7 +125,7 @@ def test_byte_flip_in_block_is_detected(tmp_path: Path) -> None:
     with pytest.raises(StorageCorruptError) as ei:
         LedgerStore(db)
     assert ei.value.height == 3 and "block 3" in str(ei.value)
-    rep = verify_chain(db, genesis=GENESIS)
+    rep = verify_chain(db, genesis=GENESIS, require_certificates=False)
     assert not rep.ok and rep.failing_height == 3
 
 
@@ -220,7 +224,7 @@ def test_hard_kill_loses_no_committed_block(tmp_path: Path) -> None:
         assert int(store.get_meta("last")) == store.height  # block and meta committed atomically
         assert store.get_block(acked) is not None
         g = Genesis(admins=(ADMIN.key_id(),), institutions=(("aggregator", "agg", AGG.key_id()),))
-        rep = verify_chain(store, genesis=g)
+        rep = verify_chain(store, genesis=g, require_certificates=False)
         assert rep.ok and rep.blocks == store.height + 1, rep
 
 
@@ -262,7 +266,7 @@ def test_verify_chain_detects_semantic_tampering(tmp_path: Path) -> None:
     store, _ = make_chain(db, 3)
     blk = store.get_block(3)
     store.close()
-    assert verify_chain(db, genesis=GENESIS).ok
+    assert verify_chain(db, genesis=GENESIS, require_certificates=False).ok
     # 1) a stored result changed (unregistered tx marked accepted), hashes recomputed so storage is
     #    self-consistent: only re-execution catches it.
     results = list(blk.results)
@@ -270,12 +274,12 @@ def test_verify_chain_detects_semantic_tampering(tmp_path: Path) -> None:
     _rewrite_block(db, 3, Block(blk.header, blk.txs, tuple(results)))
     with LedgerStore(db):
         pass  # structurally fine
-    rep = verify_chain(db, genesis=GENESIS)
+    rep = verify_chain(db, genesis=GENESIS, require_certificates=False)
     assert not rep.ok and (rep.failing_height, rep.failing_tx) == (3, 4) and "re-execution" in rep.first_error
     # 2) a header with a forged state root
     forged = dataclasses.replace(blk.header, state_root=bytes(32))
     _rewrite_block(db, 3, Block(forged, blk.txs, blk.results))
-    rep = verify_chain(db, genesis=GENESIS)
+    rep = verify_chain(db, genesis=GENESIS, require_certificates=False)
     assert not rep.ok and rep.failing_height == 3 and "state root" in rep.first_error
     # 3) a transaction swapped for another with a forged signature (sender spoofed)
     t = blk.txs[1]
@@ -286,7 +290,7 @@ def test_verify_chain_detects_semantic_tampering(tmp_path: Path) -> None:
     from ledger.block import tx_root
     hdr = dataclasses.replace(blk.header, tx_root=tx_root(txs))
     _rewrite_block(db, 3, Block(hdr, tuple(txs), blk.results))
-    rep = verify_chain(db, genesis=GENESIS)
+    rep = verify_chain(db, genesis=GENESIS, require_certificates=False)
     assert not rep.ok and (rep.failing_height, rep.failing_tx) == (3, 1) and "signature" in rep.first_error
     # 4) a rewritten middle block (new timestamp, hash recomputed) breaks the link of the next block
     #    for storage; re-execution already fails at the rewritten block (the round's opening time is
@@ -299,7 +303,7 @@ def test_verify_chain_detects_semantic_tampering(tmp_path: Path) -> None:
     _rewrite_block(db2, 2, Block(hdr, b2.txs, b2.results))
     with pytest.raises(StorageCorruptError, match="block 3: prev_hash does not link"):
         LedgerStore(db2)
-    rep = verify_chain(db2, genesis=GENESIS)
+    rep = verify_chain(db2, genesis=GENESIS, require_certificates=False)
     assert not rep.ok and rep.failing_height == 2 and "state root" in rep.first_error
 
 
@@ -358,6 +362,6 @@ def test_repeated_hard_kills_resume_the_same_chain(tmp_path: Path) -> None:
     admin = crypto.SigningKey.from_seed(bytes([1]) * 32)
     agg = crypto.SigningKey.from_seed(bytes([3]) * 32)
     g = Genesis(admins=(admin.key_id(),), institutions=(("aggregator", "agg", agg.key_id()),))
-    rep = verify_chain(db, genesis=g)
+    rep = verify_chain(db, genesis=g, require_certificates=False)
     assert rep.ok, rep
     assert rep.blocks == acked_total + 1 or rep.blocks == acked_total + 2  # at most one unacknowledged

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import pbft
-from ledger.sim import Faults, SimCluster, Workload, check_only_registered, effective_tx_hashes
+from ledger.sim import (Faults, SimCluster, Workload, check_certificates, check_only_registered,
+                        effective_tx_hashes)
 
 BEHAVIOURS = ["equivocate", "wrong_digest", "junk", "forge", "spoof", "replay", "silent"]
 
@@ -77,6 +78,7 @@ def run_scenario(n, seed, faults, byz, steps):
     ok = c.run_until_committed(submitted, max_ms=300_000)
     c.check_safety(honest)
     check_only_registered(c, allowed)
+    check_certificates(c, honest)
     for i in honest:
         eff = effective_tx_hashes(c.chains[i])
         assert len(eff) == len(set(eff))

@@ -6,7 +6,7 @@ import pytest
 
 from ledger import pbft
 from ledger.client import Receipt
-from ledger.cluster import LocalCluster
+from ledger.cluster import LocalCluster, replica_public_keys
 from ledger.sim import SimCluster, Workload, check_only_registered, effective_tx_hashes
 from ledger.storage import StorageCorruptError
 from ledger.tx import Transaction
@@ -56,9 +56,9 @@ def test_checkpoints_and_gc_keep_memory_bounded():
             sizes.append(max(c.nodes[i].replica.memory_footprint() for i in range(4)))
     rep = c.nodes[0].replica
     assert rep.stats.get("stable_checkpoint", 0) >= c.heights()[0] // K - 1
-    assert rep.h >= c.heights()[0] - 2 * K
+    assert rep.ckpt.h >= c.heights()[0] - 2 * K
     # The log below the low watermark is discarded:
-    assert min(rep.log, default=rep.h + 1) > rep.h
+    assert min(rep.log.slots, default=rep.ckpt.h + 1) > rep.ckpt.h
     # Bounded: the footprint does not grow with the chain (which grows ~60x here).
     assert max(sizes) <= 6 * K * 4, sizes
     assert sizes[-1] <= 2 * max(sizes[:2]) + 8 * K, sizes
@@ -66,11 +66,11 @@ def test_checkpoints_and_gc_keep_memory_bounded():
 
 
 def _lc(tmp_path, w, **kw):
-    return LocalCluster(4, data_dir=tmp_path / "ledger", genesis=w.genesis, seed=3, **kw)
+    return LocalCluster(4, data_dir=tmp_path / "ledger", genesis=w.genesis, keys_dir=tmp_path / "keys", seed=3, **kw)
 
 
 def test_local_cluster_receipts_query_heads_and_reopen(tmp_path):
-    w = Workload(3, 3)
+    w = Workload(3, 3, replicas=replica_public_keys(tmp_path / "keys", 4))
     with _lc(tmp_path, w) as lc:
         rs = lc.submit_many(w.round_txs(1, 10))
         assert len(rs) == 10 and all(isinstance(r, Receipt) for r in rs)
@@ -100,9 +100,9 @@ def test_single_replica_cluster_commits_successive_batches(tmp_path, batch_size)
     """n=1 (f=0): the primary prepares, commits and executes its own batch while proposing it.
     Regression: the sequence number used to be advanced only after that synchronous execution,
     leaving a gap, so only the first batch ever committed ("heights [1]")."""
-    w = Workload(3, 3)
-    with LocalCluster(1, data_dir=tmp_path / "ledger1", genesis=w.genesis, seed=3, batch_size=batch_size,
-                      checkpoint_interval=2) as lc:
+    w = Workload(3, 3, replicas=replica_public_keys(tmp_path / "keys1", 1))
+    with LocalCluster(1, data_dir=tmp_path / "ledger1", genesis=w.genesis, keys_dir=tmp_path / "keys1", seed=3,
+                      batch_size=batch_size, checkpoint_interval=2) as lc:
         heights = []
         for r in range(1, 4):
             rs = lc.submit_many(w.round_txs(r, 7))
@@ -115,9 +115,10 @@ def test_single_replica_cluster_commits_successive_batches(tmp_path, batch_size)
         assert lc.heads()[0][0] == top
         assert lc.query("privacy")["records"] == 3
         rep = lc.sim.nodes[0].replica
-        assert rep.last_exec == top and rep.next_seq == top + 1 and not rep.pending
+        assert rep.log.last_exec == top and rep.log.next_seq == top + 1 and not rep.req.pending
         # Checkpoints (every 2) become stable on the replica's own vote; the log is collected.
-        assert rep.h == top - top % 2 and all(rep.h < s <= top and sl.committed for s, sl in rep.log.items())
+        assert rep.ckpt.h == top - top % 2 and all(rep.ckpt.h < s <= top and sl.committed
+                                                   for s, sl in rep.log.slots.items())
     from ledger.verify import verify_chain
 
     rep = verify_chain(tmp_path / "ledger1" / "replica_0.sqlite", genesis=w.genesis)
@@ -199,7 +200,7 @@ def test_restarted_replica_refuses_conflicting_vote():
     node._perform(acts)  # persist the vote in the replica's (durable) chain meta
     c.restart(2)  # in-memory state lost; votes reloaded from the chain's metadata
     rep = c.nodes[2].replica
-    assert rep.votes.get(1, (None, None))[1] == pp_a.digest
+    assert rep.log.votes.get(1, (None, None))[1] == pp_a.digest
     raw_b, pp_b = _pre_prepare(c, w, 1, txs=[t.encode() for t in w.round_txs(9, 3)])
     assert pp_b.digest != pp_a.digest
     acts = rep.receive(raw_b, 0)

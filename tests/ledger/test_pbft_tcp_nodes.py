@@ -1,6 +1,6 @@
 """Replicas as real processes over TCP (issue 6 "Transports" and test 14: hard kill with kill -9).
 
-Starts 4 ``bfdl ledger node`` processes on free loopback ports, commits transactions, kills one
+Starts 4 ``python -m ledger node`` processes on free loopback ports, commits transactions, kills one
 replica with SIGKILL (progress continues, it recovers from its database and catches up), kills the
 whole cluster with SIGKILL (no committed entry is lost after restart), and checks that a torn
 database tail is detected (the node refuses to start with a clear message). Child processes are
@@ -9,6 +9,7 @@ always killed in a ``finally``.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import pytest
 from ledger import pbft
 from ledger.sim import Workload
 from ledger.storage import LedgerStore, StorageCorruptError
+from ledger.replica_keys import key_path, replica_public_keys
 from ledger.tcp import TcpCluster
 
 
@@ -32,10 +34,14 @@ def _wait_heads(cl, height, timeout=30.0):
 
 
 def test_tcp_cluster_commits_survives_kill9_and_detects_torn_tail(tmp_path):
-    w = Workload(21, 3)
+    w = Workload(21, 3, replicas=replica_public_keys(tmp_path / "keys", 4))
     cfg = pbft.Config(n=4, checkpoint_interval=4, batch_size=32)
-    cl = TcpCluster(4, data_dir=tmp_path, genesis=w.genesis, seed=21, cfg=cfg)
+    cl = TcpCluster(4, data_dir=tmp_path, genesis=w.genesis, keys_dir=tmp_path / "keys", cfg=cfg)
     receipts = []
+    # The config is public: no seed, no private key; each node reads its own key file.
+    text = (tmp_path / "cluster.json").read_text()
+    assert "seed" not in json.loads(text) and json.loads(text)["replicas"] == list(w.genesis.replicas)
+    assert not any(key_path(tmp_path / "keys", i).read_text().strip() in text for i in range(4))
     try:
         for r in range(1, 4):
             rs = cl.submit_many(w.round_txs(r, 10), timeout_s=60)
@@ -79,7 +85,7 @@ def test_tcp_cluster_commits_survives_kill9_and_detects_torn_tail(tmp_path):
         fh.truncate(size - 1000)
     with pytest.raises(StorageCorruptError):
         LedgerStore(p, genesis=w.genesis)
-    proc = subprocess.run([sys.executable, "-m", "bfdl_tff.cli", "ledger", "node", "--id", "2", "--config",
+    proc = subprocess.run([sys.executable, "-m", "ledger", "node", "--id", "2", "--config",
                            str(tmp_path / "cluster.json")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "replica_2.sqlite" in proc.stderr and "corrupt" in proc.stderr

@@ -276,6 +276,20 @@ def test_resume_reopens_chain_and_skips_recorded_rounds(tmp_path):
     assert res.ok, res.first_failure
 
 
+def test_resume_with_another_keystore_is_refused(tmp_path):
+    """The replica keys of a run live in the keystore it started with (issue 17.4)."""
+    run = synthetic_run_dir(tmp_path / "run")
+    ctxs = synthetic_rounds(run, hospitals=H, rounds=1)
+    h1 = _hook(run)
+    h1.on_start(run_info(run, H))
+    h1.on_round_end(ctxs[0])
+    h1.drain()
+    h1.close()
+    h2 = _hook(run, keystore_root=tmp_path / "another-keystore")
+    with pytest.raises(LedgerHookError, match="replica keys do not match.*keystore it started with"):
+        h2.on_start(run_info(run, H))
+
+
 def test_finalize_refused_when_summary_disagrees(tmp_path):
     """The hook does not bind results that claim more rounds than the chain holds."""
     run = synthetic_run_dir(tmp_path / "run")
@@ -299,9 +313,10 @@ def test_audit_cli_errors(pristine, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["audit", "verify", str(tmp_path / "empty")]) == 2
     assert "genesis.json" in capsys.readouterr().err
-    assert main(["audit", "verify", str(pristine), "--admin-key", "xyz"]) == 2
-    err = capsys.readouterr().err
-    assert "--admin-key" in err and err.count("\n") == 1
+    for opt in ("--admin-key", "--genesis-hash"):
+        assert main(["audit", "verify", str(pristine), opt, "xyz"]) == 2
+        err = capsys.readouterr().err
+        assert opt in err and err.count("\n") == 1
     res = verify_run(pristine, admin_key="00" * 32, write=False)
     assert not res.ok and res.first_failure.startswith("genesis")
     for args in (["audit", "report", str(tmp_path / "empty")],

@@ -39,7 +39,8 @@ def bench(backend: str, params: int, rounds: int, hospitals: int, wait: bool) ->
                 store = VaultKeyStore(srv.url, srv.token)
             else:
                 store = LocalKeyStore(Path(td) / "keystore")  # keys outside the run directory
-            hook = LedgerHook(run, keystore=store, replicas=4, epsilon_cap=1e6, wait_for_commit=wait)
+            hook = LedgerHook(run, keystore=store, keystore_root=Path(td) / "keystore", replicas=4, epsilon_cap=1e6,
+                              wait_for_commit=wait)
             t0 = time.perf_counter()
             run_synthetic(hook, run, hospitals=names, rounds=rounds, shapes=shapes, epsilon_per_round=0.01)
             total = time.perf_counter() - t0

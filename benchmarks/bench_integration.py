@@ -22,7 +22,7 @@ from pathlib import Path
 
 def bench(backend: str, params: int, rounds: int, hospitals: int, wait: bool) -> dict:
     from bfdl_tff.integration.hook import LedgerHook
-    from bfdl_tff.integration.simulate import run_synthetic
+    from bfdl_tff.integration.simulate import run_synthetic, synthetic_run_dir
     from bfdl_tff.keys.devserver import BaoDevServer
     from bfdl_tff.keys.local import LocalKeyStore
     from bfdl_tff.keys.vault import VaultKeyStore
@@ -31,23 +31,23 @@ def bench(backend: str, params: int, rounds: int, hospitals: int, wait: bool) ->
     side = max(1, int((params / 2) ** 0.5))
     shapes = ((side, side), (side, side))
     with tempfile.TemporaryDirectory() as td:
-        run = Path(td) / "run"
-        run.mkdir()
+        run = synthetic_run_dir(Path(td) / "run")
         srv = None
         try:
             if backend == "vault":
                 srv = BaoDevServer(Path(td) / "bao.log").start()
                 store = VaultKeyStore(srv.url, srv.token)
             else:
-                store = LocalKeyStore(run / "keys")
-            hook = LedgerHook(run, keystore=store, replicas=4, epsilon_cap=1e6, wait_for_commit=wait)
+                store = LocalKeyStore(Path(td) / "keystore")  # keys outside the run directory
+            hook = LedgerHook(run, keystore=store, keystore_root=Path(td) / "keystore", replicas=4, epsilon_cap=1e6,
+                              wait_for_commit=wait)
             t0 = time.perf_counter()
             run_synthetic(hook, run, hospitals=names, rounds=rounds, shapes=shapes, epsilon_per_round=0.01)
             total = time.perf_counter() - t0
         finally:
             if srv is not None:
                 srv.stop()
-        s = json.loads((run / "ledger" / "ledger_summary.json").read_text())
+        s = json.loads((run.ledger_dir / "ledger_summary.json").read_text())
     med = statistics.median
     return {
         "backend": backend,
@@ -83,11 +83,12 @@ def bench_e2e(rounds: int, wait: bool, size: int = 16) -> dict:
     cfg.federated.batch_size = 8
     cfg.ledger.wait_for_commit = wait
     with tempfile.TemporaryDirectory() as td:
+        cfg.keys.path = str(Path(td) / "keystore")  # keys outside the run directory, not in $HOME
         rd = RunDir.create(Path(td) / "bench-bfdl", cfg)
         t0 = time.perf_counter()
         run_experiment(cfg, rd, hooks=attach_hooks(cfg, rd), data=toy_federation(size=size), progress=False)
         wall = time.perf_counter() - t0
-        s = json.loads((rd.path / "ledger" / "ledger_summary.json").read_text())
+        s = json.loads((rd.ledger_dir / "ledger_summary.json").read_text())
     rs = s["round_seconds"][1:] or s["round_seconds"]  # round 1 includes TFF tracing
     hs = s["hook_seconds"][1:] or s["hook_seconds"]
     ls = s["ledger_seconds"][1:] or s["ledger_seconds"]

@@ -169,8 +169,11 @@ class LedgerConfig:
 
 @dataclass
 class KeysConfig:
+    """Institution signing keys (paper 3.1, 3.4); never inside a run directory (issue 17.4)."""
+
     backend: str = _c("local", choices=("local", "vault"))
-    # Local keystore directory; empty = <run_dir>/keys.
+    # Local keystore directory (also holds the ledger's replica keys under ledger/<chain id>/);
+    # empty = $BFDL_KEYSTORE, else ~/.local/share/bfdl-tff/keystore. Must be outside the run dir.
     path: str = ""
     vault_url: str = "http://127.0.0.1:8200"
     vault_mount: str = "transit"

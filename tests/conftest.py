@@ -85,3 +85,12 @@ def bao_module(tmp_path_factory):
     """A bao dev server shared by a module's tests."""
     with _running_bao(tmp_path_factory.mktemp("bao") / "bao.log") as srv:
         yield srv
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _keystore_in_tmp(tmp_path_factory):
+    """The local keystore (``$BFDL_KEYSTORE``, read by ``bfdl_tff.keys.keystore_dir``) is a
+    session temporary directory: no test writes keys into the user's home."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BFDL_KEYSTORE", str(tmp_path_factory.mktemp("keystore")))
+        yield

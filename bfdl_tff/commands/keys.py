@@ -1,46 +1,45 @@
-"""``bfdl keys``: create and list institutional Ed25519 keys (local directory or Vault transit).
+"""``bfdl keys``: create and list institutional Ed25519 keys (paper 3.1, 3.4; local keystore or
+Vault transit).
 
-    bfdl keys init --institutions hospital-a,hospital-b,hospital-c,aggregator [--backend local|vault] [--path DIR]
-    bfdl keys list [--backend local|vault] [--path DIR]
+    bfdl keys init --institutions hospital-a,hospital-b,hospital-c,aggregator [--backend local|vault] [--keystore DIR]
+    bfdl keys list [--backend local|vault] [--keystore DIR]
 
-An ``admin`` key (the consortium's registry authority) is always created as well. Output lists
-names, roles and public key ids only; private keys are never printed.
+The local keystore defaults to ``$BFDL_KEYSTORE``, else ``~/.local/share/bfdl-tff/keystore``
+(:func:`bfdl_tff.keys.keystore_dir`). An ``admin`` key (the consortium's registry authority) is
+always created as well. Output lists names, roles and public keys only; private keys are never
+printed. A missing store, a wrong Vault URL, token or mount is one line on stderr and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from bfdl_tff.config import KeysConfig
+from bfdl_tff.keys import KeyStore
+
 DEFAULT_INSTITUTIONS = "hospital-a,hospital-b,hospital-c,aggregator"
 
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
-    from bfdl_tff.config import KeysConfig
-
     d = KeysConfig()
     p.add_argument("--backend", choices=("local", "vault"), default=d.backend)
-    p.add_argument("--path", default="", help="local keystore directory (default ~/.bfdl/keys)")
+    p.add_argument("--keystore", "--path", dest="keystore", default="",
+                   help="local keystore directory (default $BFDL_KEYSTORE, else ~/.local/share/bfdl-tff/keystore)")
     p.add_argument("--vault-url", default=d.vault_url)
     p.add_argument("--vault-mount", default=d.vault_mount)
     p.add_argument("--vault-token-env", default=d.vault_token_env,
                    help="environment variable holding the Vault token (default %(default)s)")
 
 
-def _store(args: argparse.Namespace):
-    from bfdl_tff.config import KeysConfig
+def _store(args: argparse.Namespace) -> KeyStore:
     from bfdl_tff.keys import open_keystore
 
-    cfg = KeysConfig(
-        backend=args.backend,
-        path=args.path,
-        vault_url=args.vault_url,
-        vault_mount=args.vault_mount,
-        vault_token_env=args.vault_token_env,
-    )
-    return open_keystore(cfg)
+    cfg = KeysConfig(backend=args.backend, vault_url=args.vault_url, vault_mount=args.vault_mount,
+                     vault_token_env=args.vault_token_env)
+    return open_keystore(cfg, override=args.keystore or None)
 
 
-def _print_table(store, names: list[str]) -> None:
+def _print_table(store: KeyStore, names: list[str]) -> None:
     from bfdl_tff.keys import KeyStoreError, role_of
 
     print(f"# {store.describe()}")
@@ -53,11 +52,13 @@ def _print_table(store, names: list[str]) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from bfdl_tff.keys import ADMIN_NAME, key_name, role_of
+    from bfdl_tff.keys import ADMIN_NAME, KeyStoreError, key_name, role_of
 
     names = [key_name(n) for n in args.institutions.split(",") if n.strip()]
+    if not names:
+        raise KeyStoreError(f"--institutions {args.institutions!r}: no institution name given")
     for n in names:
-        role_of(n)  # validate early
+        role_of(n)  # validate every name before creating anything
     if ADMIN_NAME not in names:
         names.append(ADMIN_NAME)
     store = _store(args)
@@ -72,7 +73,7 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = subparsers.add_parser("keys", help="institutional signing keys (local or Vault transit)")
     sub = p.add_subparsers(dest="keys_command", metavar="SUBCOMMAND")
     pi = sub.add_parser("init", help="create a key per institution (existing keys are kept)")

@@ -1,75 +1,72 @@
 """The B-FDL round hook: every federated round leaves a signed, tamper-evident trace on the PBFT
-ledger (paper 3.1 "Blockchain records tracked the origin of each model update hash, the
-institution contributing to each update and the timestamp"; 3.4; 3.5 "every budget change
-recorded"; objectives 5 and 6 of section 1.2).
+ledger, and the finished run binds its result files to the chain (paper 3.1 "Blockchain records
+tracked the origin of each model update hash, the institution contributing to each update and the
+timestamp"; 3.4; 3.5 "every budget change recorded"; objectives 5 and 6 of section 1.2).
 
-At start (:meth:`LedgerHook.on_start`) it opens the run's ledger (``<run_dir>/ledger/``: one
-sqlite database per replica, the off-chain store, the genesis), creates or loads the institution
-keys (:mod:`bfdl_tff.keys`), and has the ``admin`` key register every hospital, the aggregator
-and an auditor; the genesis fixes the privacy-budget cap (``ledger.epsilon_cap`` or
-``privacy.target_epsilon``). Registration is waited for: nothing later is valid without it.
+At start (:meth:`LedgerHook.on_start`) it loads the institution keys from the keystore (outside
+the run directory, :mod:`bfdl_tff.keys`), creates or loads the replica keys of the run's chain
+(``<keystore>/ledger/<chain id>/``, listed in the genesis as ``Genesis.replicas``; every block is
+stored with a commit certificate of those replicas), opens the run's ledger (``RunDir.ledger_dir``,
+layout in :class:`~bfdl_tff.integration.ledger_api.LedgerFiles`) and has the ``admin`` key register
+every hospital, the aggregator and an auditor; the genesis fixes the privacy-budget cap.
+Registration is waited for: nothing later is valid without it.
 
-After each round (:meth:`LedgerHook.on_round_end`) it submits, in this order, in one batch:
+After each round (:meth:`LedgerHook.on_round_end`) it records the round's ``2K + 5`` transactions
+(:mod:`bfdl_tff.integration.round_txs`). Rounds are recorded in order 1, 2, 3, ...: a round that
+would leave a gap on the chain is refused with the missing round named.
 
-===========================  ==========  ===================================================
-kind                         signer      payload
-===========================  ==========  ===================================================
-``round.open``               aggregator  round
-``round.commit_update`` x K  hospital k  round, salted commitment to the hospital's update,
-                                         num_examples, salt_hash (participation + commitment)
-``round.global_model``       aggregator  round, weights_digest(global weights), off-chain
-                                         checkpoint address and SHA-256
-``privacy.record``           aggregator  round, epsilon, delta, accountant, noise multiplier
-                                         (the privacy-budget contract refuses it past the cap)
-``metrics.record``           aggregator  round, the round's metrics row (finite values)
-``access.request_summary``   hospital k  round (x K: each hospital fetching the new global
-                                         model; the contract grants it to registered hospitals)
-``round.close``              aggregator  round (the contract updates reputations)
-===========================  ==========  ===================================================
+At the end (:meth:`LedgerHook.on_end`, after the runner wrote ``summary.json`` and
+``final_model.npz``) it waits for every round's commit, checks the chain holds rounds 1..N with
+N = ``summary.json`` ``rounds``, submits ``run.finalize`` with the SHA-256 of ``metrics.csv``,
+``summary.json``, ``config.yaml`` and ``final_model.npz`` (:mod:`bfdl_tff.integration.finalize`),
+closes the cluster and writes ``ledger_summary.json`` (:mod:`bfdl_tff.integration.ledger_summary`).
 
-i.e. ``2K + 5`` transactions per round (11 with the paper's three hospitals). The paper reports
-50-70 per round without saying what they are; we do not pad the count (deviation, documented in
-``docs/integration.md``).
-
-No half-signed round: all transactions of a round are built and signed before any of them is
-submitted; a signing failure (Vault down, wrong token, missing key) raises before submission.
-
-Latency. Training waits for the ledger only where correctness needs it: registration at start
-(synchronously), and the end of the run (every round must be committed before the summary is
-written and the run declared done). Per round the training thread only copies the global
-weights and enqueues the round (``hook_seconds``); hashing, off-chain storage, signing and PBFT
-commit run on one background thread in round order (``ledger_seconds``, ``commit_seconds``).
-A refused transaction or a failed commit is raised at the next hook call. The privacy-budget cap
-is also checked before enqueuing, so an over-budget round stops training at once (the contract
-is the authority and refuses it too). ``ledger.wait_for_commit: true`` makes every round
-synchronous (for measurement).
+Latency. Per round the training thread only copies the global weights and enqueues the round
+(``hook_seconds``); hashing, off-chain storage, signing and the PBFT commit run on one background
+thread in round order. A refused transaction or a failed commit is raised at the next hook call.
+The privacy-budget cap is also checked before enqueuing, so an over-budget round stops training at
+once (the contract is the authority and refuses it too). ``ledger.wait_for_commit: true`` makes
+every round synchronous (for measurement).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import math
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from typing import Sequence
+
 from pathlib import Path
-from typing import Any, Sequence
 
-import numpy as np
+from ledger.cluster import LocalCluster, replica_public_keys
+from ledger.contracts import Genesis
+from ledger.errors import KeyFileError
+from ledger.storage import LedgerStore
 
+from bfdl_tff.config import ExperimentConfig
 from bfdl_tff.errors import BfdlError
-from bfdl_tff.hashing import weights_digest
+from bfdl_tff.federated.hooks import RoundContext, RoundHook, RunInfo
 from bfdl_tff.integration import ledger_api as L
-from bfdl_tff.integration.commitments import (
-    commit_update,
-    new_salt,
-    salt_hash,
-    weights_to_npz_bytes,
-)
+from bfdl_tff.integration.chain import FINALIZE_KIND, read_chain
+from bfdl_tff.integration.finalize import finalize_payload
+from bfdl_tff.integration.ledger_summary import RoundTiming, RunTiming, build_summary, previous_timings
+from bfdl_tff.integration.round_txs import RoundJob, RoundSigner, save_openings
 from bfdl_tff.io_utils import atomic_write_json
-from bfdl_tff.keys import ADMIN_NAME, AGGREGATOR_NAME, KeyStore, key_name, open_keystore, role_of
+from bfdl_tff.keys import (
+    ADMIN_NAME,
+    AGGREGATOR_NAME,
+    KeyStore,
+    default_keystore_dir,
+    ensure_outside,
+    key_name,
+    keystore_dir,
+    open_keystore,
+    replica_keys_dir,
+    role_of,
+)
+from bfdl_tff.runs import RunDir
 
 AUDITOR_NAME = "auditor"
 
@@ -82,234 +79,165 @@ class PrivacyBudgetExceeded(LedgerHookError):
     """A round spent more privacy budget than the cap fixed in the genesis."""
 
 
-@dataclass
-class _RoundJob:
-    round_num: int
-    weights: list[np.ndarray]
-    participants: list[str]
-    num_examples: dict[str, int]
-    client_commitments: dict[str, str]
-    metrics: dict[str, float]
-    privacy: dict[str, Any]
-    round_seconds: float
-    enqueued: float
-
-
-@dataclass
-class _RoundRecord:
-    round_num: int
-    tx_count: int = 0
-    kinds: dict[str, int] = field(default_factory=dict)
-    tx_bytes: int = 0
-    hook_seconds: float = 0.0
-    ledger_seconds: float = 0.0
-    sign_seconds: float = 0.0
-    commit_seconds: float = 0.0
-    round_seconds: float = 0.0
-    heights: list[int] = field(default_factory=list)
-    model_hash: str = ""
-    checkpoint_address: str = ""
-    tx_hashes: list[str] = field(default_factory=list)
-
-
-def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The metrics row restricted to finite numbers (NaN has no canonical JSON encoding)."""
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, bool):
-            continue
-        if isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(float(v)):
-            out[str(k)] = float(v) if not isinstance(v, (int, np.integer)) else int(v)
-    return out
-
-
 class LedgerHook:
     """:class:`bfdl_tff.federated.hooks.RoundHook` that records every round on the ledger."""
 
-    def __init__(
-        self,
-        run_dir: str | Path,
-        *,
-        keystore: KeyStore,
-        replicas: int = 4,
-        transport: str = "inproc",
-        batch_size: int = 64,
-        epsilon_cap: float = 1.0,
-        chain_id: str | None = None,
-        seed: int = 0,
-        create_missing_keys: bool = True,
-        wait_for_commit: bool = False,
-        request_summaries: bool = True,
-        cluster_options: dict[str, Any] | None = None,
-    ) -> None:
-        self.run_dir = Path(run_dir)
-        self.ledger_dir = self.run_dir / "ledger"
+    def __init__(self, run: RunDir, *, keystore: KeyStore, keystore_root: Path | None = None, replicas: int = 4,
+                 transport: str = "inproc", batch_size: int = 64, checkpoint_interval: int = 10,
+                 epsilon_cap: float = 1.0, seed: int = 0, create_missing_keys: bool = True,
+                 wait_for_commit: bool = False, request_summaries: bool = True) -> None:
+        """``keystore_root``: the local keystore directory that holds the replica keys
+        (default :func:`bfdl_tff.keys.default_keystore_dir`); ``seed`` only seeds the in-process
+        network's scheduler."""
+        self.run = run
+        self.files = L.LedgerFiles.of(run)
         self.keystore = keystore
+        self.keystore_root = keystore_root if keystore_root is not None else default_keystore_dir()
         self.replicas = replicas
         self.transport = transport
         self.batch_size = batch_size
+        self.checkpoint_interval = checkpoint_interval
         self.epsilon_cap = float(epsilon_cap)
-        self.chain_id = chain_id or L.chain_id_for(self.run_dir.name)
         self.seed = seed
         self.create_missing_keys = create_missing_keys
         self.wait_for_commit = wait_for_commit
         self.request_summaries = request_summaries
-        self.cluster_options = dict(cluster_options or {})
-        self.cluster: Any = None
-        self.offchain: Any = None
-        self.names: dict[str, str] = {}  # institution (runner name) -> key name
-        self.signers: dict[str, Any] = {}
-        self.records: dict[int, _RoundRecord] = {}
-        self._queue: "queue.Queue[_RoundJob | None]" = queue.Queue()
+        self.cluster: LocalCluster | None = None
+        self.genesis: Genesis | None = None
+        self.signer: RoundSigner | None = None
+        self.timing = RunTiming(transport=transport, keys_backend=keystore.backend,
+                                wait_for_commit=wait_for_commit, rounds={})
+        self._queue: "queue.Queue[RoundJob | None]" = queue.Queue()
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._started = False
         self._closed = False
-        self._registration_seconds = 0.0
-        self._closed_rounds: set[int] = set()
-        self._end_wait_seconds = 0.0
+        self._recorded: set[int] = set()  # rounds closed on chain or handed to the worker
+        self._next_round = 1
+
+    @property
+    def chain_id(self) -> str:
+        if self.genesis is None:
+            raise LedgerHookError("the ledger hook has not started")
+        return self.genesis.chain_id
 
     # ------------------------------------------------------------------ start
-    def on_start(self, info: Any) -> None:
+    def on_start(self, info: RunInfo) -> None:
         try:
-            self._start(info)
+            self._start(list(info.hospital_names))
         except BaseException:
             self.close()
             raise
 
-    def _start(self, info: Any) -> None:
+    def _start(self, hospitals: list[str]) -> None:
         t0 = time.perf_counter()
-        hospitals = list(info.hospital_names)
-        institutions = hospitals + [AGGREGATOR_NAME, AUDITOR_NAME, ADMIN_NAME]
-        self.names = {n: key_name(n) for n in institutions}
+        names = {n: key_name(n) for n in hospitals + [AGGREGATOR_NAME, AUDITOR_NAME, ADMIN_NAME]}
         for n in hospitals:
             if role_of(n) != "hospital":
                 raise LedgerHookError(f"hospital name {n!r} does not map to the hospital role")
-        knames = list(dict.fromkeys(self.names.values()))
+        knames = list(dict.fromkeys(names.values()))
         if self.create_missing_keys:
             self.keystore.init_institutions(knames)
         # Load every signer now: a missing key or an unusable backend fails before training.
-        self.signers = {k: self.keystore.signer(k) for k in knames}
-        pubs = {k: s.public_key() for k, s in self.signers.items()}
-
-        self.ledger_dir.mkdir(parents=True, exist_ok=True)
-        genesis = L.load_or_create_genesis(
-            self.ledger_dir,
-            admin_pubkeys=[pubs[ADMIN_NAME]],
-            epsilon_cap=self.epsilon_cap,
-            chain_id=self.chain_id,
-            replicas=L.replica_public_keys(L.replica_keys_dir(self.keystore, self.chain_id), self.replicas),
-        )
-        self.genesis = genesis
-        # The genesis is the authority (on resume it may predate this config): no cap = None.
-        self.epsilon_cap = math.inf if genesis.epsilon_cap is None else float(genesis.epsilon_cap)
-        self.cluster = L.open_cluster(
-            self.ledger_dir,
-            genesis=genesis,
-            replicas=self.replicas,
-            transport=self.transport,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            keys_dir=L.replica_keys_dir(self.keystore, genesis.chain_id),
-            **self.cluster_options,
-        )
-        self.offchain = L.open_offchain(self.ledger_dir)
+        signers = {k: self.keystore.signer(k) for k in knames}
+        self.genesis = self._load_or_create_genesis(signers[ADMIN_NAME].public_key())
+        # The genesis is the authority (on resume it may predate this config): no cap = inf.
+        self.epsilon_cap = math.inf if self.genesis.epsilon_cap is None else float(self.genesis.epsilon_cap)
+        self.cluster = self._open_cluster(self.genesis)
+        self.signer = RoundSigner(signers=signers, names=names, chain_id=self.genesis.chain_id,
+                                  offchain=self.files.offchain(), request_summaries=self.request_summaries)
         # Resume: rounds the contract already closed are not recorded again.
-        self._closed_rounds = {int(r) for r in (self.cluster.query("rounds") or [])
-                               if L.round_recorded(self.cluster, int(r))}
-        self._load_previous_records()
-        registered = L.registered_keys(self.cluster)
-        txs = []
-        for k in knames:
-            pk = pubs[k].hex()
-            if pk in registered:
-                continue
-            txs.append(
-                self._sign(ADMIN_NAME, "registry.register", {"role": role_of(k), "name": k, "pubkey": pk})
-            )
-        if txs:
-            receipts = self.cluster.submit_many(txs)
-            for tx, r in zip(txs, receipts):
-                if not r.ok:
-                    raise LedgerHookError(
-                        f"{self.ledger_dir}: registering {tx.payload['name']} was refused: {r.code} {r.message}"
-                    )
-        atomic_write_json(
-            self.ledger_dir / "registry.json",
-            {
-                "chain_id": self.chain_id,
-                "keys_backend": self.keystore.backend,
-                "keys_location": self.keystore.describe(),
-                "institutions": {k: {"role": role_of(k), "pubkey": pubs[k].hex()} for k in knames},
-                "hospital_names": {n: self.names[n] for n in hospitals},
-            },
-        )
-        self._started = True
+        self._recorded = L.closed_rounds(self.cluster)
+        self._next_round = max(self._recorded, default=0) + 1
+        self.timing.rounds = {r: t for r, t in previous_timings(self.files.summary_file).items() if r in self._recorded}
+        self._register(knames)
+        atomic_write_json(self.files.registry_file, {
+            "chain_id": self.genesis.chain_id,
+            "keys_backend": self.keystore.backend,
+            "keys_location": self.keystore.describe(),
+            "institutions": {k: {"role": role_of(k), "pubkey": signers[k].public_key().hex()} for k in knames},
+            "hospital_names": {n: names[n] for n in hospitals},
+        })
         self._worker = threading.Thread(target=self._run_worker, name="bfdl-ledger-hook", daemon=True)
         self._worker.start()
-        self._registration_seconds = time.perf_counter() - t0
+        self.timing.registration_seconds = time.perf_counter() - t0
 
-    def _load_previous_records(self) -> None:
-        p = self.ledger_dir / "ledger_summary.json"
-        if not p.exists() or not self._closed_rounds:
-            return
-        old = json.loads(p.read_text(encoding="utf-8"))
-        for i, r in enumerate(old.get("rounds", [])):
-            if r not in self._closed_rounds:
-                continue
-            rec = _RoundRecord(round_num=r)
-            for attr, key in (("tx_count", "tx_per_round"), ("kinds", "tx_kinds_per_round"),
-                              ("tx_bytes", "tx_bytes_per_round"), ("hook_seconds", "hook_seconds"),
-                              ("ledger_seconds", "ledger_seconds"), ("sign_seconds", "sign_seconds"),
-                              ("commit_seconds", "commit_seconds"), ("round_seconds", "round_seconds"),
-                              ("model_hash", "model_hashes"), ("checkpoint_address", "checkpoint_addresses"),
-                              ("heights", "block_heights")):
-                vals = old.get(key) or []
-                if i < len(vals):
-                    setattr(rec, attr, vals[i])
-            self.records[r] = rec
+    def _load_or_create_genesis(self, admin_pubkey: bytes) -> Genesis:
+        """The recorded genesis (resume), or a new one listing the run's replica keys."""
+        if self.files.genesis_file.exists():
+            try:
+                return self.files.load_genesis()
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise LedgerHookError(f"{self.files.genesis_file}: unreadable genesis: {e}") from None
+        cap = self.epsilon_cap if self.epsilon_cap > 0 else None
+        chain_id = L.new_chain_id(self.run.name)
+        replicas = replica_public_keys(replica_keys_dir(self.keystore_root, chain_id), self.replicas)
+        genesis = Genesis(admins=(admin_pubkey.hex(),), epsilon_cap=cap, chain_id=chain_id, replicas=replicas)
+        self.files.write_genesis(genesis)
+        return genesis
+
+    def _open_cluster(self, genesis: Genesis) -> LocalCluster:
+        keys_dir = replica_keys_dir(self.keystore_root, genesis.chain_id)
+        try:
+            return LocalCluster(
+                self.replicas, data_dir=self.files.replicas_dir, genesis=genesis, keys_dir=keys_dir, seed=self.seed,
+                batch_size=self.batch_size, transport=self.transport, checkpoint_interval=self.checkpoint_interval)
+        except KeyFileError as e:
+            raise LedgerHookError(
+                f"{e} (a resumed run needs the keystore it started with: keys.path or $BFDL_KEYSTORE)") from None
+
+    def _register(self, knames: list[str]) -> None:
+        assert self.cluster is not None and self.signer is not None
+        registered = L.registered_keys(self.cluster)
+        txs = [self.signer.sign(ADMIN_NAME, "registry.register",
+                                {"role": role_of(k), "name": k, "pubkey": self.signer.signers[k].public_key().hex()})
+               for k in knames if self.signer.signers[k].public_key().hex() not in registered]
+        for tx, r in zip(txs, self.cluster.submit_many(txs)):
+            if not r.ok:
+                raise LedgerHookError(f"{self.files.root}: registering {tx.payload['name']} was refused: "
+                                      f"{r.code} {r.message}")
 
     # ------------------------------------------------------------------ per round
-    def on_round_end(self, ctx: Any) -> None:
+    def on_round_end(self, ctx: RoundContext) -> None:
         t0 = time.perf_counter()
-        if not self._started:
+        if self.signer is None:
             raise LedgerHookError("LedgerHook.on_round_end called before on_start")
         self._raise_pending()
+        if not self._admit(ctx):
+            return  # already on the chain or queued (resume): idempotent per round
+        self._enqueue(RoundJob.from_context(ctx))
+        if self.wait_for_commit:
+            self._queue.join()
+            self._raise_pending()
+        self.timing.rounds[ctx.round_num].hook_seconds = time.perf_counter() - t0
+
+    def _admit(self, ctx: RoundContext) -> bool:
+        """Check a round before anything of it is queued; False if it is already recorded."""
         r = int(ctx.round_num)
-        if r in self.records or r in self._closed_rounds:
-            return  # idempotent per round (resume)
+        if r in self._recorded:
+            return False
+        if r != self._next_round:
+            raise LedgerHookError(
+                f"round {r}: round {self._next_round} is not on the ledger "
+                f"(last recorded round {self._next_round - 1}); refusing to leave a gap in the chain")
+        assert self.signer is not None
         missing = [p for p in ctx.participants if p not in ctx.client_commitments]
         if missing:
             raise LedgerHookError(f"round {r}: no update commitment from {', '.join(missing)}")
-        unknown = [p for p in ctx.participants if p not in self.names]
+        unknown = [p for p in ctx.participants if p not in self.signer.names]
         if unknown:
             raise LedgerHookError(f"round {r}: participants {unknown} were not registered at start")
         eps = ctx.privacy.get("epsilon") if ctx.privacy else None
         if eps is not None and math.isfinite(float(eps)) and float(eps) > self.epsilon_cap + 1e-12:
             raise PrivacyBudgetExceeded(
                 f"round {r}: epsilon {float(eps):.4f} exceeds the ledger's privacy budget cap "
-                f"{self.epsilon_cap:.4f}; nothing of this round was submitted"
-            )
-        job = _RoundJob(
-            round_num=r,
-            weights=[np.array(w, copy=True) for w in ctx.global_weights],
-            participants=list(ctx.participants),
-            num_examples={k: int(v) for k, v in ctx.num_examples.items()},
-            client_commitments=dict(ctx.client_commitments),
-            metrics=dict(ctx.metrics),
-            privacy=dict(ctx.privacy or {}),
-            round_seconds=float(ctx.round_seconds),
-            enqueued=time.perf_counter(),
-        )
-        rec = _RoundRecord(round_num=r, round_seconds=job.round_seconds)
-        with self._lock:
-            self.records[r] = rec
+                f"{self.epsilon_cap:.4f}; nothing of this round was submitted")
+        return True
+
+    def _enqueue(self, job: RoundJob) -> None:
+        self.timing.rounds[job.round_num] = RoundTiming(round_num=job.round_num, round_seconds=job.round_seconds)
+        self._recorded.add(job.round_num)
+        self._next_round = max(self._next_round, job.round_num + 1)
         self._queue.put(job)
-        if self.wait_for_commit:
-            self._queue.join()
-            self._raise_pending()
-        rec.hook_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ worker
     def _run_worker(self) -> None:
@@ -325,118 +253,22 @@ class LedgerHook:
             finally:
                 self._queue.task_done()
 
-    def _sign(self, who: str, kind: str, payload: dict[str, Any]) -> Any:
-        return L.sign_tx(self.signers[who], kind, payload, chain_id=self.chain_id)
-
-    def build_round_txs(self, job: _RoundJob, rec: _RoundRecord) -> list[Any]:
-        """Hash, store the checkpoint off-chain, and sign every transaction of the round."""
-        r = job.round_num
-        agg = AGGREGATOR_NAME
-        model_hash = weights_digest(job.weights)
-        ckpt = weights_to_npz_bytes(job.weights)
-        address = self.offchain.put(ckpt)
-        rec.model_hash = model_hash
-        rec.checkpoint_address = address
-        t_sign = time.perf_counter()
-        openings: list[tuple[str, dict[str, Any]]] = []
-        txs = [self._sign(agg, "round.open", {"round": r})]
-        for h in job.participants:
-            salt = new_salt()
-            commitment = commit_update(r, job.client_commitments[h], salt)
-            kname = self.names[h]
-            txs.append(
-                self._sign(
-                    kname,
-                    "round.commit_update",
-                    {
-                        "round": r,
-                        "commitment": commitment,
-                        "num_examples": int(job.num_examples.get(h, 0)),
-                        "salt_hash": salt_hash(salt),
-                    },
-                )
-            )
-            openings.append(
-                (kname, {"round": r, "salt": salt.hex(), "update_digest": job.client_commitments[h],
-                         "commitment": commitment})
-            )
-        txs.append(
-            self._sign(
-                agg,
-                "round.global_model",
-                {
-                    "round": r,
-                    "model_hash": model_hash,
-                    "checkpoint_address": address,
-                    "checkpoint_sha256": hashlib.sha256(ckpt).hexdigest(),
-                },
-            )
-        )
-        p = job.privacy
-        if p and p.get("epsilon") is not None and math.isfinite(float(p["epsilon"])):
-            txs.append(
-                self._sign(
-                    agg,
-                    "privacy.record",
-                    {
-                        "round": r,
-                        "epsilon": float(p["epsilon"]),
-                        "delta": float(p.get("delta") or 0.0),
-                        "accountant": str(p.get("accountant") or ""),
-                        "noise_multiplier": float(p.get("noise_multiplier") or 0.0),
-                    },
-                )
-            )
-        txs.append(self._sign(agg, "metrics.record", {"round": r, "metrics": finite_metrics(job.metrics)}))
-        if self.request_summaries:
-            for h in job.participants:
-                txs.append(self._sign(self.names[h], "access.request_summary", {"round": r}))
-        txs.append(self._sign(agg, "round.close", {"round": r}))
-        rec.sign_seconds = time.perf_counter() - t_sign
-        self._save_openings(openings)
-        return txs
-
-    def _save_openings(self, openings: list[tuple[str, dict[str, Any]]]) -> None:
-        import os
-
-        d = self.ledger_dir / "openings"
-        if not d.exists():
-            d.mkdir(mode=0o700)
-            os.chmod(d, 0o700)
-        for kname, op in openings:
-            fd = os.open(d / f"{kname}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                os.write(fd, (json.dumps(op, sort_keys=True) + "\n").encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-    def _process(self, job: _RoundJob) -> None:
+    def _process(self, job: RoundJob) -> None:
+        assert self.cluster is not None and self.signer is not None
         t0 = time.perf_counter()
-        rec = self.records[job.round_num]
-        txs = self.build_round_txs(job, rec)  # everything signed before anything is submitted
+        timing = self.timing.rounds[job.round_num]
+        signed = self.signer.round_txs(job)  # everything signed before anything is submitted
+        save_openings(self.files.openings_dir, signed.openings)
         t_commit = time.perf_counter()
-        receipts = self.cluster.submit_many(txs)
-        rec.commit_seconds = time.perf_counter() - t_commit
-        rec.tx_count = len(txs)
-        for tx in txs:
-            rec.kinds[tx.kind] = rec.kinds.get(tx.kind, 0) + 1
-            rec.tx_bytes += len(tx.encode())
-        rec.tx_hashes = [tx.tx_hash().hex() for tx in txs]
-        rec.heights = sorted({int(r.height) for r in receipts})
-        rec.ledger_seconds = time.perf_counter() - t0
-        for tx, r in zip(txs, receipts):
+        receipts = self.cluster.submit_many(signed.txs)
+        timing.commit_seconds = time.perf_counter() - t_commit
+        timing.sign_seconds = signed.sign_seconds
+        timing.ledger_seconds = time.perf_counter() - t0
+        for tx, r in zip(signed.txs, receipts):
             if not r.ok:
                 raise LedgerHookError(
-                    f"round {job.round_num}: ledger refused {tx.kind} from "
-                    f"{self._who(tx.sender)} (tx {tx.tx_hash().hex()[:16]}): {r.code} {r.message}"
-                )
-
-    def _who(self, sender_hex: str) -> str:
-        for k, s in self.signers.items():
-            if s.public_key().hex() == sender_hex:
-                return k
-        return sender_hex[:16]
+                    f"round {job.round_num}: ledger refused {tx.kind} from {self.signer.who(tx.sender)} "
+                    f"(tx {tx.tx_hash().hex()[:16]}): {r.code} {r.message}")
 
     def _raise_pending(self) -> None:
         if self._error is not None:
@@ -452,60 +284,69 @@ class LedgerHook:
             self._queue.join()
 
     def on_end(self, summary: dict) -> None:
+        """Wait for every round, bind the result files with ``run.finalize``, close, summarise.
+
+        ``summary`` is what the runner wrote to ``summary.json``; the file itself is what is hashed."""
         t0 = time.perf_counter()
-        self.drain()
-        self._end_wait_seconds = time.perf_counter() - t0
+        done = False
         try:
+            self.drain()
             self._raise_pending()
+            self._finalize()
+            done = True
         finally:
-            self.write_summary(summary)
+            self.timing.end_wait_seconds = time.perf_counter() - t0
+            if self.cluster is not None:
+                self.timing.bytes_on_chain = self.cluster.bytes_on_chain()
             self.close()
+            if done:
+                self.write_summary()
+            else:
+                with contextlib.suppress(Exception):  # keep the original error
+                    self.write_summary()
 
-    def ledger_summary(self, summary: dict | None = None) -> dict[str, Any]:
-        recs = [self.records[r] for r in sorted(self.records)]
-        hook = [x.hook_seconds for x in recs]
-        rnd = [x.round_seconds for x in recs]
-        heads = [[int(h), str(b)] for h, b in self.cluster.heads()] if self.cluster is not None else []
-        return {
-            "chain_id": self.chain_id,
-            "replicas": self.replicas,
-            "transport": self.transport,
-            "keys_backend": self.keystore.backend,
-            "epsilon_cap": self.epsilon_cap if math.isfinite(self.epsilon_cap) else None,
-            "rounds": [x.round_num for x in recs],
-            "tx_per_round": [x.tx_count for x in recs],
-            "tx_kinds_per_round": [x.kinds for x in recs],
-            "tx_bytes_per_round": [x.tx_bytes for x in recs],
-            "hook_seconds": hook,
-            "ledger_seconds": [x.ledger_seconds for x in recs],
-            "sign_seconds": [x.sign_seconds for x in recs],
-            "commit_seconds": [x.commit_seconds for x in recs],
-            "round_seconds": rnd,
-            "hook_share": (sum(hook) / sum(rnd)) if sum(rnd) > 0 else None,
-            "ledger_share": (sum(x.ledger_seconds for x in recs) / sum(rnd)) if sum(rnd) > 0 else None,
-            "registration_seconds": self._registration_seconds,
-            # Everything the training thread waited for the ledger: registration + per-round
-            # hand-off + the final wait for the last rounds' commits.
-            "end_wait_seconds": self._end_wait_seconds,
-            "blocking_seconds_total": self._registration_seconds + sum(hook) + self._end_wait_seconds,
-            "blocking_share": ((self._registration_seconds + sum(hook) + self._end_wait_seconds) / sum(rnd))
-            if sum(rnd) > 0 else None,
-            "model_hashes": [x.model_hash for x in recs],
-            "checkpoint_addresses": [x.checkpoint_address for x in recs],
-            "block_heights": [x.heights for x in recs],
-            "bytes_on_chain": L.bytes_on_chain(self.ledger_dir),
-            "bytes_on_chain_per_round": (L.bytes_on_chain(self.ledger_dir) / len(recs)) if recs else None,
-            "bytes_off_chain": L.dir_bytes(self.ledger_dir / "offchain"),
-            "heads": heads,
-            "wait_for_commit": self.wait_for_commit,
-        }
+    def _finalize(self) -> None:
+        assert self.cluster is not None and self.signer is not None
+        try:
+            rounds = int(self.run.summary()["rounds"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise LedgerHookError(f"{self.run.summary_file}: no round count ({e})") from None
+        on_chain = sorted(L.closed_rounds(self.cluster))
+        if on_chain != list(range(1, rounds + 1)):
+            gap = next((r for r in range(1, rounds + 1) if r not in on_chain), None)
+            what = f"round {gap} is not on the chain" if gap else f"the chain has rounds beyond {rounds}"
+            raise LedgerHookError(f"{self.run.summary_file}: {rounds} rounds, but {what}; run.finalize not submitted")
+        try:
+            payload = finalize_payload(self.run, rounds=rounds)
+        except FileNotFoundError as e:
+            raise LedgerHookError(str(e)) from None
+        done = self.cluster.query("run/final")
+        if done is not None:  # on_end again after a crash: the record must be this run's
+            if {"rounds": done["rounds"], "files": done["files"]} == payload:
+                return
+            raise LedgerHookError(f"{self.files.root}: the chain's {FINALIZE_KIND} record (height {done['height']}) "
+                                  "binds other result files than those in the run directory")
+        tx = self.signer.sign(AGGREGATOR_NAME, FINALIZE_KIND, payload)
+        r = self.cluster.submit(tx)
+        if not r.ok:
+            raise LedgerHookError(f"{self.files.root}: the ledger refused {FINALIZE_KIND}: {r.code} {r.message}")
 
-    def write_summary(self, summary: dict | None = None) -> Path:
-        p = self.ledger_dir / "ledger_summary.json"
-        atomic_write_json(p, self.ledger_summary(summary))
-        return p
+    def write_summary(self) -> None:
+        """``ledger_summary.json`` from the committed chain (replica 0) and the measured timings."""
+        dbs = self.files.replica_dbs()
+        if self.genesis is None or not dbs:
+            return
+        heads = []
+        for db in dbs:
+            with LedgerStore(db, verify="none") as store:
+                h, x = store.head()
+                heads.append((h, x.hex() if x is not None else None))
+        chain = read_chain(dbs[0], self.genesis)
+        self.timing.bytes_off_chain = L.dir_bytes(self.files.offchain_dir)
+        atomic_write_json(self.files.summary_file, build_summary(chain, heads, self.timing))
 
     def close(self) -> None:
+        """Stop the worker and the cluster (idempotent; the runner calls it in its ``finally``)."""
         if self._closed:
             return
         self._closed = True
@@ -523,34 +364,36 @@ class LedgerHook:
         self.close()
 
 
-def build_ledger_hook(cfg: Any, run_dir: Any, **overrides: Any) -> LedgerHook:
-    """The hook for ``cfg.arm == "bfdl"`` with ``cfg.ledger.enabled`` (called by the runner).
+def build_ledger_hook(cfg: ExperimentConfig, run: RunDir) -> LedgerHook:
+    """The hook for ``cfg.arm == "bfdl"`` with ``cfg.ledger.enabled``.
 
-    ``run_dir`` is a :class:`bfdl_tff.runs.RunDir` or a path. Keys: ``cfg.keys`` (local keystore
-    defaults to ``<run_dir>/keys``); privacy cap: ``cfg.ledger.epsilon_cap`` or, when 0,
-    ``cfg.privacy.target_epsilon``.
+    Keys: ``cfg.keys`` (the local keystore :func:`bfdl_tff.keys.keystore_dir`, refused inside the
+    run directory, holds the institution keys of the local backend and the replica keys); privacy cap: ``cfg.ledger.epsilon_cap`` or, when 0, ``cfg.privacy.target_epsilon``.
     """
-    path = Path(getattr(run_dir, "path", run_dir))
-    keystore = open_keystore(cfg.keys, run_dir=path)
-    cap = cfg.ledger.epsilon_cap or cfg.privacy.target_epsilon
-    opts: dict[str, Any] = dict(
-        keystore=keystore,
+    root = keystore_dir(cfg.keys)  # institution keys (local backend) and the replica keys
+    ensure_outside(root, run.path)
+    return LedgerHook(
+        run,
+        keystore=open_keystore(cfg.keys),
+        keystore_root=root,
         replicas=cfg.ledger.replicas,
         transport=cfg.ledger.transport,
         batch_size=cfg.ledger.batch_size,
-        epsilon_cap=cap,
+        checkpoint_interval=cfg.ledger.checkpoint_interval,
+        epsilon_cap=cfg.ledger.epsilon_cap or cfg.privacy.target_epsilon,
         seed=cfg.seed,
-        wait_for_commit=getattr(cfg.ledger, "wait_for_commit", False),
-        create_missing_keys=getattr(cfg.keys, "create_missing", True),
-        cluster_options={"checkpoint_interval": cfg.ledger.checkpoint_interval},
+        create_missing_keys=cfg.keys.create_missing,
+        wait_for_commit=cfg.ledger.wait_for_commit,
     )
-    opts.update(overrides)
-    return LedgerHook(path, **opts)
 
 
-def attach_hooks(cfg: Any, run_dir: Any, hooks: Sequence[Any] = ()) -> list[Any]:
+def attach_hooks(cfg: ExperimentConfig, run: RunDir, hooks: Sequence[RoundHook] = ()) -> list[RoundHook]:
     """``hooks`` plus the ledger hook when the config asks for it (``bfdl`` arm, ledger on)."""
     out = list(hooks)
-    if getattr(cfg, "arm", "") == "bfdl" and cfg.ledger.enabled:
-        out.append(build_ledger_hook(cfg, run_dir))
+    if cfg.arm == "bfdl" and cfg.ledger.enabled:
+        out.append(build_ledger_hook(cfg, run))
     return out
+
+
+__all__ = ["AUDITOR_NAME", "LedgerHook", "LedgerHookError", "PrivacyBudgetExceeded", "attach_hooks",
+           "build_ledger_hook"]

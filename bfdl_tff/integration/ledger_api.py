@@ -1,155 +1,118 @@
-"""The integration's single point of contact with the :mod:`ledger` package.
+"""The files of a run's ledger and the few typed helpers the hook and the audit share (paper 3.4).
 
-Everything the round hook and the auditor need from the ledger (genesis, the in-process PBFT
-cluster, the off-chain store, chain verification, contract queries) goes through these small
-functions, so an API change in ``ledger`` is absorbed here.
+:class:`LedgerFiles` owns the layout of ``RunDir.ledger_dir`` (nothing else spells these paths):
 
-Layout of ``<run_dir>/ledger/``: ``genesis.json`` (the chain's genesis: admin keys, privacy
-cap, chain id), ``replicas/`` (one database per replica, written by
-:class:`ledger.cluster.LocalCluster`), ``offchain/`` (content-addressed checkpoints),
-``registry.json`` (institution names, roles and public keys, for humans; the authority is the
-on-chain registry), ``openings/`` (hospital-private commitment openings),
-``ledger_summary.json``.
+==========================  =================================================================
+``genesis.json``            the chain's genesis: admin keys, privacy cap, chain id
+``replicas/``               one database per replica (``replica_<i>.sqlite``), written by
+                            :class:`ledger.cluster.LocalCluster`
+``offchain/``               content-addressed checkpoints (:class:`ledger.offchain.OffchainStore`)
+``registry.json``           institution names, roles and public keys, for humans (the authority
+                            is the on-chain registry)
+``openings/``               hospital-private commitment openings (0700 / 0600)
+``ledger_summary.json``     per-round ledger cost; its chain-derived keys are checked by
+                            ``bfdl audit verify``, its measured keys are marked unverified
+==========================  =================================================================
+
+Everything else is the typed :mod:`ledger` API, called directly (``ledger.cluster.LocalCluster``,
+``ledger.tx.sign_tx``, ``ledger.contracts.Genesis``, ``ledger.verify.verify_chain``).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+
+from ledger.cluster import LocalCluster
+from ledger.contracts import Genesis
+from ledger.offchain import OffchainStore
 
 from bfdl_tff.io_utils import atomic_write_json
+from bfdl_tff.runs import RunDir
+
+_REPLICA_DB = re.compile(r"^replica_(\d+)\.sqlite$")
 
 
-def chain_id_for(run_name: str) -> str:
-    cid = re.sub(r"[^A-Za-z0-9._-]", "-", f"bfdl-{run_name}")[:64]
-    return cid
+@dataclass(frozen=True)
+class LedgerFiles:
+    """The layout of one run's ``ledger/`` directory (see the module docstring)."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, run: RunDir) -> "LedgerFiles":
+        return cls(run.ledger_dir)
+
+    @property
+    def genesis_file(self) -> Path:
+        return self.root / "genesis.json"
+
+    @property
+    def replicas_dir(self) -> Path:
+        return self.root / "replicas"
+
+    @property
+    def offchain_dir(self) -> Path:
+        return self.root / "offchain"
+
+    @property
+    def registry_file(self) -> Path:
+        return self.root / "registry.json"
+
+    @property
+    def openings_dir(self) -> Path:
+        return self.root / "openings"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.root / "ledger_summary.json"
+
+    def replica_dbs(self) -> list[Path]:
+        """Replica databases in replica order (``replica_<i>.sqlite``)."""
+        if not self.replicas_dir.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.replicas_dir.iterdir() if (m := _REPLICA_DB.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def offchain(self) -> OffchainStore:
+        return OffchainStore(self.offchain_dir)
+
+    def load_genesis(self) -> Genesis:
+        """The recorded genesis (raises ``OSError`` / ``ValueError`` / ``KeyError`` if unreadable)."""
+        return Genesis.from_dict(json.loads(self.genesis_file.read_text(encoding="utf-8")))
+
+    def write_genesis(self, genesis: Genesis) -> None:
+        atomic_write_json(self.genesis_file, genesis.to_dict())
 
 
-def replicas_dir(ledger_dir: Path) -> Path:
-    return Path(ledger_dir) / "replicas"
+def new_chain_id(run_name: str) -> str:
+    """A fresh chain id for a run: ``bfdl-<run name>-<8 random hex>`` (at most 64 characters).
+
+    The random part keeps two runs of the same name (in different directories) on different
+    chains, and so under different replica key directories in the keystore."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", f"bfdl-{run_name}")[:55]
+    return f"{stem}-{secrets.token_hex(4)}"
 
 
-def replica_keys_dir(keystore: Any, chain_id: str) -> Path:
-    """Replica signing keys (``replica-<i>.key``, 0600): ``<keystore>/ledger/<chain_id>/`` for a
-    local keystore, else under ``$BFDL_KEYSTORE`` (default ``~/.local/share/bfdl-tff/keystore``).
-    Interim (H-ledger): issue 17.4's keystore layout is H-integration's."""
-    import os
-
-    root = getattr(keystore, "path", None)
-    if root is None:
-        root = Path(os.environ.get("BFDL_KEYSTORE", "~/.local/share/bfdl-tff/keystore")).expanduser()
-    return Path(root) / "ledger" / chain_id
-
-
-def replica_public_keys(keys_dir: Path, n: int) -> tuple[str, ...]:
-    """Create/load the replica keys and return their hex public keys (``Genesis.replicas``)."""
-    from ledger.cluster import replica_public_keys as _pubs
-
-    return _pubs(keys_dir, n)
-
-
-def sign_tx(signer: Any, kind: str, payload: dict[str, Any], *, chain_id: str) -> Any:
-    from ledger.tx import sign_tx as _sign
-
-    return _sign(signer, kind, payload, chain_id=chain_id)
-
-
-# --------------------------------------------------------------------------- genesis
-def make_genesis(*, admin_pubkeys: Sequence[bytes], epsilon_cap: float, chain_id: str,
-                 replicas: Sequence[str] = ()) -> Any:
-    from ledger.contracts import Genesis
-
-    return Genesis(
-        admins=tuple(bytes(p).hex() for p in admin_pubkeys),
-        epsilon_cap=float(epsilon_cap) if epsilon_cap and epsilon_cap > 0 else None,
-        chain_id=chain_id,
-        replicas=tuple(replicas),
-    )
-
-
-def genesis_to_dict(genesis: Any) -> dict[str, Any]:
-    return genesis.to_dict()
-
-
-def genesis_from_dict(d: dict[str, Any]) -> Any:
-    from ledger.contracts import Genesis
-
-    return Genesis.from_dict(d)
-
-
-def load_genesis(ledger_dir: Path) -> Any:
-    p = Path(ledger_dir) / "genesis.json"
-    return genesis_from_dict(json.loads(p.read_text(encoding="utf-8")))
-
-
-def load_or_create_genesis(
-    ledger_dir: Path, *, admin_pubkeys: Sequence[bytes], epsilon_cap: float, chain_id: str,
-    replicas: Sequence[str] = (),
-) -> Any:
-    p = Path(ledger_dir) / "genesis.json"
-    if p.exists():
-        return load_genesis(ledger_dir)
-    g = make_genesis(admin_pubkeys=admin_pubkeys, epsilon_cap=epsilon_cap, chain_id=chain_id, replicas=replicas)
-    atomic_write_json(p, genesis_to_dict(g))
-    return g
-
-
-# --------------------------------------------------------------------------- cluster / stores
-def open_cluster(
-    ledger_dir: Path, *, genesis: Any, replicas: int, transport: str, batch_size: int, seed: int, keys_dir: Path,
-    **kw: Any
-) -> Any:
-    from ledger.cluster import LocalCluster
-
-    return LocalCluster(
-        replicas,
-        data_dir=replicas_dir(ledger_dir),
-        genesis=genesis,
-        keys_dir=keys_dir,
-        seed=seed,
-        batch_size=batch_size,
-        transport=transport,
-        **kw,
-    )
-
-
-def open_offchain(ledger_dir: Path) -> Any:
-    from ledger.offchain import OffchainStore
-
-    return OffchainStore(Path(ledger_dir) / "offchain")
-
-
-def registered_keys(cluster: Any) -> set[str]:
+def registered_keys(cluster: LocalCluster) -> set[str]:
     """Hex public keys currently registered (and not revoked) on the chain."""
     reg = cluster.query("institutions") or {}
-    return {pk for pk, entry in reg.items() if entry.get("active")}
+    return {pk for pk, entry in reg.items() if entry["active"]}
 
 
-def round_recorded(cluster: Any, round_num: int, committed: set[int] | None = None) -> bool:
-    """True if the contract already closed ``round_num`` (resume after a crash)."""
-    st = cluster.query(f"rounds/{round_num}/status")
-    return st == "closed"
+def closed_rounds(cluster: LocalCluster) -> set[int]:
+    """Rounds the contract has closed (a resumed run does not record them again)."""
+    return {int(r) for r in (cluster.query("rounds") or []) if cluster.query(f"rounds/{r}/status") == "closed"}
 
 
 def dir_bytes(path: Path) -> int:
-    path = Path(path)
+    """Total size of the files under ``path`` (0 if it does not exist)."""
     if not path.exists():
         return 0
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def bytes_on_chain(ledger_dir: Path) -> int:
-    """Bytes on disk of replica 0's database (main file + WAL; all replicas hold the same chain)."""
-    p = replicas_dir(ledger_dir) / "replica_0.sqlite"
-    return sum(q.stat().st_size for q in (p, Path(str(p) + "-wal")) if q.exists())
-
-
-def replica_db_paths(ledger_dir: Path) -> list[Path]:
-    """Replica databases in replica order (``replica_<i>.sqlite``)."""
-    rd = replicas_dir(ledger_dir)
-    if not rd.exists():
-        return []
-    paths = list(rd.glob("replica_*.sqlite"))
-    return sorted(paths, key=lambda p: int(p.stem.split("_")[1]) if p.stem.split("_")[1].isdigit() else 1 << 30)
+__all__ = ["LedgerFiles", "closed_rounds", "dir_bytes", "new_chain_id", "registered_keys"]

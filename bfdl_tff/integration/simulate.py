@@ -1,20 +1,33 @@
 """Drive a :class:`LedgerHook` with synthetic rounds (no TensorFlow): for tests, benchmarks and
-demonstrations of the audit trail. The weights, updates and metrics are random but the ledger
-path is the real one (keys, signatures, PBFT cluster, off-chain store, contracts)."""
+demonstrations of the audit trail (paper 3.1, 3.4). The weights, updates and metrics are random
+but the ledger path is the real one (keys, signatures, PBFT cluster, off-chain store, contracts),
+and the run directory is a real :class:`bfdl_tff.runs.RunDir` with the files the runner writes
+(``config.yaml``, ``metrics.csv``, ``summary.json``, ``final_model.npz``)."""
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from bfdl_tff.config import ExperimentConfig
+from bfdl_tff.federated.hooks import RoundContext, RunInfo
 from bfdl_tff.hashing import weights_digest
-from bfdl_tff.integration.commitments import weights_to_npz_bytes
+from bfdl_tff.integration.hook import LedgerHook
+from bfdl_tff.io_utils import atomic_write_json, atomic_write_text
+from bfdl_tff.runs import RunDir
+
+
+def synthetic_run_dir(path: Path, *, name: str = "synthetic") -> RunDir:
+    """A fresh ``bfdl``-arm run directory (``config.yaml``, ``environment.json``)."""
+    return RunDir.create(path, ExperimentConfig(name=name, arm="bfdl"))
 
 
 def synthetic_rounds(
-    run_dir: Path,
+    run: RunDir,
     *,
     hospitals: Sequence[str],
     rounds: int,
@@ -23,10 +36,8 @@ def synthetic_rounds(
     epsilon_per_round: float = 0.1,
     round_seconds: float = 1.0,
     start_round: int = 1,
-) -> list[Any]:
-    """A list of :class:`bfdl_tff.federated.hooks.RoundContext` with evolving weights."""
-    from bfdl_tff.federated.hooks import RoundContext
-
+) -> list[RoundContext]:
+    """Round contexts with evolving weights (FedAvg of random per-hospital updates)."""
     rng = np.random.default_rng(seed)
     w = [rng.normal(size=s).astype(np.float32) for s in shapes]
     out = []
@@ -34,51 +45,58 @@ def synthetic_rounds(
         updates = {h: [rng.normal(scale=0.01, size=x.shape).astype(np.float32) for x in w] for h in hospitals}
         n = {h: int(20 + 10 * i) for i, h in enumerate(hospitals)}
         tot = sum(n.values())
-        w = [x - sum(n[h] / tot * updates[h][i] for h in hospitals) for i, x in enumerate(w)]
-        w = [x.astype(np.float32) for x in w]
-        out.append(
-            RoundContext(
-                round_num=r,
-                run_dir=Path(run_dir),
-                global_weights=[x.copy() for x in w],
-                participants=list(hospitals),
-                num_examples=n,
-                client_commitments={h: weights_digest(updates[h]) for h in hospitals},
-                metrics={"round": r, "wall_s": round_seconds, "train_loss": float(1.0 / r),
-                         "test_macro_auc": float(0.5 + 0.01 * r), "test_micro_auc": float("nan")},
-                privacy={"mode": "sample", "epsilon": epsilon_per_round * r, "delta": 1e-5,
-                         "accountant": "rdp", "noise_multiplier": 1.1, "l2_clip": 1.0},
-                round_seconds=round_seconds,
-                checkpoint_path=None,
-            )
-        )
+        w = [(x - sum(n[h] / tot * updates[h][i] for h in hospitals)).astype(np.float32) for i, x in enumerate(w)]
+        out.append(RoundContext(
+            round_num=r,
+            run_dir=run.path,
+            global_weights=[x.copy() for x in w],
+            participants=list(hospitals),
+            num_examples=n,
+            client_commitments={h: weights_digest(updates[h]) for h in hospitals},
+            metrics={"round": r, "wall_s": round_seconds, "train_loss": float(1.0 / r),
+                     "test_macro_auc": float(0.5 + 0.01 * r), "test_micro_auc": float("nan")},
+            privacy={"mode": "sample", "epsilon": epsilon_per_round * r, "delta": 1e-5,
+                     "accountant": "rdp", "noise_multiplier": 1.1, "l2_clip": 1.0},
+            round_seconds=round_seconds,
+            checkpoint_path=None,
+        ))
     return out
 
 
-def run_info(run_dir: Path, hospitals: Sequence[str], num_params: int = 0) -> Any:
-    from bfdl_tff.federated.hooks import RunInfo
-
-    return RunInfo(run_dir=Path(run_dir), config=None, hospital_names=list(hospitals),
+def run_info(run: RunDir, hospitals: Sequence[str], num_params: int = 0) -> RunInfo:
+    return RunInfo(run_dir=run.path, config=run.config, hospital_names=list(hospitals),
                    num_examples={h: 0 for h in hospitals}, num_params=num_params)
 
 
-def write_final_model(run_dir: Path, weights: Sequence[np.ndarray]) -> Path:
-    from bfdl_tff.io_utils import atomic_write_bytes
+def write_results(run: RunDir, ctxs: Sequence[RoundContext]) -> dict:
+    """What the runner writes before ``on_end``: ``metrics.csv``, ``final_model.npz``, ``summary.json``."""
+    rows = [c.metrics for c in ctxs]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(run.metrics_file, buf.getvalue())
+    last = ctxs[-1]
+    run.save_model(last.global_weights)
+    summary = {"arm": "bfdl", "name": run.config.name, "rounds": len(ctxs),
+               "final_macro_auc": last.metrics["test_macro_auc"], "epsilon": last.privacy["epsilon"],
+               "synthetic": True, "final_model_digest": weights_digest(last.global_weights)}
+    atomic_write_json(run.summary_file, summary)
+    return summary
 
-    p = Path(run_dir) / "final_model.npz"
-    atomic_write_bytes(p, weights_to_npz_bytes(weights))
-    return p
 
-
-def run_synthetic(hook: Any, run_dir: Path, *, hospitals: Sequence[str], rounds: int, **kw: Any) -> list[Any]:
-    """on_start, ``rounds`` synthetic rounds, final_model.npz, on_end. Returns the contexts."""
-    ctxs = synthetic_rounds(run_dir, hospitals=hospitals, rounds=rounds, **kw)
-    hook.on_start(run_info(run_dir, hospitals))
+def run_synthetic(hook: LedgerHook, run: RunDir, *, hospitals: Sequence[str], rounds: int,
+                  **kw: object) -> list[RoundContext]:
+    """on_start, ``rounds`` synthetic rounds, the result files, on_end. Returns the contexts."""
+    ctxs = synthetic_rounds(run, hospitals=hospitals, rounds=rounds, **kw)  # type: ignore[arg-type]
+    hook.on_start(run_info(run, hospitals))
     try:
         for c in ctxs:
             hook.on_round_end(c)
-        write_final_model(run_dir, ctxs[-1].global_weights)
-        hook.on_end({})
+        hook.on_end(write_results(run, ctxs))
     finally:
         hook.close()
     return ctxs
+
+
+__all__ = ["run_info", "run_synthetic", "synthetic_rounds", "synthetic_run_dir", "write_results"]

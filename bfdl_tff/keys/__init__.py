@@ -1,10 +1,26 @@
-"""Institutional keys for the B-FDL ledger: a :class:`KeyStore` with ``local`` and ``vault``
-backends (see :mod:`bfdl_tff.keys.base`)."""
+"""Institutional keys for the B-FDL ledger (paper 3.1, 3.4): a :class:`KeyStore` with ``local``
+and ``vault`` backends (see :mod:`bfdl_tff.keys.base`), and where a local keystore lives.
+
+Keys live away from the data they sign (issue 17.4): the local keystore is a per-user directory,
+never inside a run directory. Its location, first match wins:
+
+1. an explicit override (``bfdl keys --keystore DIR``),
+2. ``keys.path`` in the experiment config,
+3. ``$BFDL_KEYSTORE``,
+4. ``~/.local/share/bfdl-tff/keystore``.
+
+Layout: ``<keystore>/<institution>.key`` (one private key file per institution, 0600; the
+directory 0700) and ``<keystore>/ledger/<chain id>/`` (the replica keys of one run's ledger,
+0700). With the ``vault`` backend the institution keys stay in the Vault server; the replica keys
+still go to the local keystore directory.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from bfdl_tff.config import KeysConfig
 from bfdl_tff.keys.base import (
     ADMIN_NAME,
     AGGREGATOR_NAME,
@@ -19,42 +35,71 @@ from bfdl_tff.keys.base import (
     role_of,
 )
 
-DEFAULT_LOCAL_PATH = Path.home() / ".bfdl" / "keys"
+#: Environment variable naming the local keystore directory.
+KEYSTORE_ENV = "BFDL_KEYSTORE"
 
 
-def open_keystore(cfg: "object", *, run_dir: str | Path | None = None, path: str | Path | None = None) -> KeyStore:
-    """Open the key store described by a :class:`bfdl_tff.config.KeysConfig`.
+def default_keystore_dir() -> Path:
+    """``$BFDL_KEYSTORE`` if set, else ``~/.local/share/bfdl-tff/keystore``."""
+    env = os.environ.get(KEYSTORE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".local" / "share" / "bfdl-tff" / "keystore"
 
-    ``local``: ``path`` argument, else ``cfg.path``, else ``<run_dir>/keys``, else ``~/.bfdl/keys``.
-    ``vault``: ``cfg.vault_url`` and ``cfg.vault_mount``, token from ``$<cfg.vault_token_env>``.
-    """
-    backend = getattr(cfg, "backend", "local")
-    if backend == "local":
+
+def keystore_dir(cfg: KeysConfig, *, override: str | Path | None = None) -> Path:
+    """The local keystore directory: ``override``, else ``cfg.path``, else the default."""
+    if override:
+        return Path(override).expanduser()
+    if cfg.path:
+        return Path(cfg.path).expanduser()
+    return default_keystore_dir()
+
+
+def ensure_outside(keystore: Path, run_dir: Path) -> None:
+    """Refuse a keystore inside ``run_dir``: a run directory handed to a reviewer holds no key."""
+    ks, rd = keystore.expanduser().resolve(), run_dir.resolve()
+    if ks == rd or rd in ks.parents:
+        raise KeyStoreError(
+            f"{keystore}: the keystore is inside the run directory {run_dir}; keys must live "
+            f"outside it (set keys.path or ${KEYSTORE_ENV} to another directory)"
+        )
+
+
+def _private_dir(path: Path) -> Path:
+    if not path.exists():
+        path.mkdir(parents=True, mode=0o700)
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+    return path
+
+
+def replica_keys_dir(keystore: Path, chain_id: str) -> Path:
+    """``<keystore>/ledger/<chain id>/`` (created 0700): the replica signing keys of one chain,
+    passed to :class:`ledger.cluster.LocalCluster` as ``keys_dir``."""
+    if not chain_id or "/" in chain_id or chain_id in (".", ".."):
+        raise KeyStoreError(f"invalid chain id {chain_id!r} for a replica key directory")
+    _private_dir(keystore)
+    return _private_dir(_private_dir(keystore / "ledger") / chain_id)
+
+
+def open_keystore(cfg: KeysConfig, *, override: str | Path | None = None) -> KeyStore:
+    """Open the key store described by ``cfg`` (``local``: :func:`keystore_dir`; ``vault``:
+    ``cfg.vault_url`` and ``cfg.vault_mount``, token from ``$<cfg.vault_token_env>``)."""
+    if cfg.backend == "local":
         from bfdl_tff.keys.local import LocalKeyStore
 
-        if path is None:
-            if getattr(cfg, "path", ""):
-                path = Path(cfg.path)  # type: ignore[attr-defined]
-            elif run_dir is not None:
-                path = Path(run_dir) / "keys"
-            else:
-                path = DEFAULT_LOCAL_PATH
-        return LocalKeyStore(path)
-    if backend == "vault":
+        return LocalKeyStore(keystore_dir(cfg, override=override))
+    if cfg.backend == "vault":
         from bfdl_tff.keys.vault import VaultKeyStore
 
-        return VaultKeyStore.from_env(
-            cfg.vault_url,  # type: ignore[attr-defined]
-            token_env=cfg.vault_token_env,  # type: ignore[attr-defined]
-            mount=cfg.vault_mount,  # type: ignore[attr-defined]
-        )
-    raise KeyStoreError(f"unknown key backend {backend!r} (use local or vault)")
+        return VaultKeyStore.from_env(cfg.vault_url, token_env=cfg.vault_token_env, mount=cfg.vault_mount)
+    raise KeyStoreError(f"unknown key backend {cfg.backend!r} (use local or vault)")
 
 
 __all__ = [
     "ADMIN_NAME",
     "AGGREGATOR_NAME",
-    "DEFAULT_LOCAL_PATH",
+    "KEYSTORE_ENV",
     "KeyAuthError",
     "KeyBackendUnavailableError",
     "KeyNotFoundError",
@@ -62,7 +107,11 @@ __all__ = [
     "KeyStore",
     "KeyStoreError",
     "Signer",
+    "default_keystore_dir",
+    "ensure_outside",
     "key_name",
+    "keystore_dir",
     "open_keystore",
+    "replica_keys_dir",
     "role_of",
 ]

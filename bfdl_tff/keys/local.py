@@ -1,7 +1,9 @@
 """Local key store: one Ed25519 private key per institution in a private directory.
 
-Layout: ``<dir>/<name>.key`` (PKCS#8 PEM, unencrypted, mode 0600) and ``<dir>/<name>.pub``
-(hex of the 32-byte raw public key), the directory itself mode 0700. The store refuses to use a
+Layout: one file per institution, ``<dir>/<name>.key`` (PKCS#8 PEM, unencrypted, mode 0600), and
+``<dir>/<name>.pub`` (hex of the 32-byte raw public key), the directory itself mode 0700. The
+directory is the per-user keystore (:func:`bfdl_tff.keys.keystore_dir`), never a run directory;
+``<dir>/ledger/`` holds the ledger's replica keys and is not listed here. The store refuses to use a
 key file or directory that group or others can access (like ``ssh`` does), never prints or logs
 private key material, and writes new keys atomically with ``O_EXCL`` so an existing key is never
 overwritten.
@@ -58,8 +60,12 @@ class LocalKeyStore:
         self._check_dir()
 
     def _check_dir(self) -> None:
+        if not self.path.exists():
+            raise KeyStoreError(
+                f"{self.path}: key store directory does not exist (run `bfdl keys init --keystore {self.path}`)"
+            )
         if not self.path.is_dir():
-            raise KeyStoreError(f"{self.path}: key store directory does not exist (run `bfdl keys init`)")
+            raise KeyStoreError(f"{self.path}: not a directory (a key store is a directory)")
         mode = stat.S_IMODE(self.path.stat().st_mode)
         if mode & 0o077:
             raise KeyPermissionError(
@@ -117,7 +123,7 @@ class LocalKeyStore:
         if not kf.exists():
             raise KeyNotFoundError(
                 f"{kf}: no key for institution {name!r} in {self.path} "
-                f"(run `bfdl keys init --institutions {name} --path {self.path}`)"
+                f"(run `bfdl keys init --institutions {name} --keystore {self.path}`)"
             )
         st = kf.stat()
         mode = stat.S_IMODE(st.st_mode)
@@ -144,6 +150,6 @@ class LocalKeyStore:
         return self.signer(name).public_key()
 
     def list(self) -> list[str]:
-        if not self.path.is_dir():
-            return []
+        """Institution key names in this store (a missing or loose store is an error)."""
+        self._check_dir()
         return sorted(p.stem for p in self.path.glob("*.key") if not p.name.startswith("."))

@@ -40,6 +40,24 @@ def token_from_env(env_var: str) -> str:
     return token
 
 
+def _one_line(err: BaseException) -> str:
+    """hvac puts the server's whole response body in its messages: keep one line, no HTML."""
+    msg = str(err).split(", on ")[0].strip()
+    if "<html" in msg.lower() or "<!doctype" in msg.lower():
+        return "the server answered with an HTML page (not a Vault/OpenBao API; check keys.vault_url)"
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    return (lines[0] if lines else type(err).__name__)[:200]
+
+
+def _describe_response(resp: object) -> str:
+    """hvac returns the raw ``requests.Response`` when a server's answer is not Vault JSON."""
+    import requests
+
+    if not isinstance(resp, requests.Response):
+        return f"a {type(resp).__name__}"
+    return f"HTTP {resp.status_code} with {resp.headers.get('Content-Type', '?').split(';')[0]}"
+
+
 class VaultSigner:
     def __init__(self, store: "VaultKeyStore", name: str, version: int, public_key: bytes) -> None:
         self.store = store
@@ -67,6 +85,7 @@ class VaultKeyStore:
         self.mount = mount
         self._client = hvac.Client(url=url, token=token, timeout=timeout)
         self._signers: dict[str, VaultSigner] = {}
+        self._checked = False
 
     @classmethod
     def from_env(cls, url: str, *, token_env: str = "VAULT_TOKEN", mount: str = "transit") -> "VaultKeyStore":
@@ -103,18 +122,25 @@ class VaultKeyStore:
                 ) from None
             raise KeyStoreError(f"{where}: path not found while trying to {what}") from None
         except hx.InvalidRequest as e:
-            msg = str(e).split(", on ")[0]
+            msg = _one_line(e)
             if key is not None and "not found" in msg:
                 raise KeyNotFoundError(f"{where}: no transit key {key!r} ({msg})") from None
             raise KeyStoreError(f"{where}: request refused while trying to {what}: {msg}") from None
         except hx.VaultError as e:
-            msg = str(e).split(", on ")[0]
-            raise KeyStoreError(f"{where}: error while trying to {what}: {msg}") from None
+            raise KeyStoreError(f"{where}: error while trying to {what}: {_one_line(e)}") from None
 
     def check(self) -> None:
-        """Fail early with a clear message if the server, the token or the mount is unusable."""
+        """Fail early with one clear line if the URL is not a Vault server, the server is sealed,
+        the token is refused or the mount is not a transit engine (checked once per store)."""
+        if self._checked:
+            return
         status: Any = self._call("read health", lambda: self._client.sys.read_health_status(method="GET"))
-        if isinstance(status, dict) and status.get("sealed"):
+        if not isinstance(status, dict) or "initialized" not in status:
+            raise KeyBackendUnavailableError(
+                f"vault {self.url}: not a Vault/OpenBao server (GET /v1/sys/health answered "
+                f"{_describe_response(status)}); check keys.vault_url"
+            )
+        if status.get("sealed"):
             raise KeyBackendUnavailableError(f"vault {self.url}: server is sealed")
         if not self._call("check the token", self._client.is_authenticated):
             raise KeyAuthError(f"vault {self.url}: the token was refused (wrong or expired token)")
@@ -126,6 +152,7 @@ class VaultKeyStore:
                 f"vault {self.url}: no transit engine at mount {self.mount!r} "
                 f"(enable it with `bao secrets enable -path={self.mount} transit`)"
             )
+        self._checked = True
 
     # ------------------------------------------------------------------ API
     def init_institutions(self, names: list[str]) -> dict[str, bytes]:
@@ -168,6 +195,7 @@ class VaultKeyStore:
     def signer(self, name: str) -> VaultSigner:
         name = key_name(name)
         if name not in self._signers:
+            self.check()
             version, pub = self._read(name)
             self._signers[name] = VaultSigner(self, name, version, pub)
         return self._signers[name]
@@ -176,16 +204,18 @@ class VaultKeyStore:
         return self.signer(name).public_key()
 
     def list(self) -> list[str]:
+        """Key names at the mount; a wrong URL, token or mount is an error, not an empty list."""
         import hvac.exceptions as hx
 
-        try:
-            resp = self._call("list keys", lambda: self._client.secrets.transit.list_keys(mount_point=self.mount))
-        except KeyStoreError as e:
-            if "path not found" in str(e):
-                return []
-            raise
-        except hx.InvalidPath:  # pragma: no cover - mapped above
-            return []
+        self.check()
+
+        def list_or_empty() -> Any:
+            try:
+                return self._client.secrets.transit.list_keys(mount_point=self.mount)
+            except hx.InvalidPath:  # a transit engine without any key answers 404
+                return {"data": {"keys": []}}
+
+        resp = self._call("list keys", list_or_empty)
         return sorted(resp["data"]["keys"])
 
     def _sign(self, name: str, version: int, msg: bytes) -> bytes:

@@ -90,6 +90,9 @@ def test_cli_vault_init_list(bao, monkeypatch, capsys):
     assert "hospital-c" in out and "admin" in out
     assert main(["keys", "list", *args]) == 0
     assert "hospital-c" in capsys.readouterr().out
+    assert main(["keys", "list", *args[:-2], "--vault-mount", "nothere", *args[-2:]]) == 2
+    err = capsys.readouterr().err
+    assert "no transit engine at mount 'nothere'" in err and err.count("\n") == 1
     monkeypatch.setenv("BFDL_CLI_VAULT_TOKEN", "nope")
     assert main(["keys", "list", *args]) == 2
     assert "token" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """End to end: a ``bfdl`` arm run (TFF, DP-SGD, secure sum) on a tiny in-memory federation with
 the ledger hook attached as the runner's caller does (``attach_hooks``), 4 PBFT replicas, then
-``bfdl audit verify`` passes and the per-round ledger cost is recorded."""
+``bfdl audit verify`` passes (result files bound by ``run.finalize``), the per-round ledger cost is
+recorded, and the run directory holds no private key (issue 17.4)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def _cfg(rounds: int = 2):
     return cfg
 
 
-def test_bfdl_arm_end_to_end_then_audit(tmp_path):
+def test_bfdl_arm_end_to_end_then_audit(tmp_path, no_key_material):
     # no capsys here: TFF starts its worker_binary with stdout=sys.stdout, which needs a fileno
     from bfdl_tff.cli import main
     from bfdl_tff.federated.runner import run_experiment
@@ -39,14 +40,17 @@ def test_bfdl_arm_end_to_end_then_audit(tmp_path):
     assert len(hooks) == 1 and isinstance(hooks[0], LedgerHook)
     summary = run_experiment(cfg, rd, hooks=hooks, data=toy_federation(size=16), progress=False)
     assert summary
-    s = json.loads((rd.path / "ledger" / "ledger_summary.json").read_text())
+    s = json.loads((rd.ledger_dir / "ledger_summary.json").read_text())
     assert s["rounds"] == [1, 2] and s["tx_per_round"] == [11, 11]
+    assert s["finalize"]["rounds"] == 2 == summary["rounds"]
     assert all(x > 0 for x in s["round_seconds"]) and all(x >= 0 for x in s["hook_seconds"])
     assert 0 <= s["hook_share"] < 1
     assert len({tuple(h) for h in s["heads"]}) == 1
     res = verify_run(rd.path)
     assert res.ok, res.first_failure
+    assert res.check("file:summary.json").ok and res.check("file:final_model.npz").ok
     assert main(["audit", "verify", str(rd.path)]) == 0
+    no_key_material(rd.path)
     print(json.dumps({k: s[k] for k in ("tx_per_round", "hook_seconds", "ledger_seconds", "commit_seconds",
                                         "round_seconds", "hook_share", "ledger_share", "end_wait_seconds",
                                         "blocking_share")}))
@@ -79,16 +83,18 @@ def test_bfdl_arm_end_to_end_vault_keys(tmp_path, monkeypatch):
     assert not srv.alive()
     res = verify_run(rd.path)
     assert res.ok, res.first_failure
-    reg = json.loads((rd.path / "ledger" / "registry.json").read_text())
+    reg = json.loads((rd.ledger_dir / "registry.json").read_text())
     assert reg["keys_backend"] == "vault" and not (rd.path / "keys").exists()
 
 
 def test_other_arms_get_no_ledger_hook(tmp_path):
     from bfdl_tff.integration.hook import attach_hooks
+    from bfdl_tff.runs import RunDir
 
     cfg = _cfg()
     cfg.arm = "federated"
-    assert attach_hooks(cfg, tmp_path) == []
+    rd = RunDir.create(tmp_path / "run", cfg)
+    assert attach_hooks(cfg, rd) == []
     cfg.arm = "bfdl"
     cfg.ledger.enabled = False
-    assert attach_hooks(cfg, tmp_path) == []
+    assert attach_hooks(cfg, rd) == []

@@ -82,14 +82,14 @@ def test_signer_repr_hides_private_key(tmp_path):
 
 def test_cli_init_and_list(tmp_path, capsys):
     d = tmp_path / "cli-ks"
-    rc = main(["keys", "init", "--institutions", "hospital-a,hospital-b,aggregator", "--path", str(d)])
+    rc = main(["keys", "init", "--institutions", "hospital-a,hospital-b,aggregator", "--keystore", str(d)])
     assert rc == 0
     out = capsys.readouterr().out
     assert "hospital-a" in out and "admin" in out and "BEGIN" not in out
-    rc = main(["keys", "list", "--path", str(d)])
+    rc = main(["keys", "list", "--path", str(d)])  # --path: the old spelling still works
     out = capsys.readouterr().out
     assert rc == 0 and out.count("\n") == 5  # header + 4 keys
     os.chmod(d / "admin.key", 0o640)
-    rc = main(["keys", "list", "--path", str(d)])
+    rc = main(["keys", "list", "--keystore", str(d)])
     assert rc == 2
     assert "admin.key" in capsys.readouterr().err

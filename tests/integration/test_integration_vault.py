@@ -4,13 +4,11 @@ errors and never a half-signed round."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bfdl_tff.integration.audit import verify_run
 from bfdl_tff.integration.hook import LedgerHook, LedgerHookError
-from bfdl_tff.integration.simulate import run_info, run_synthetic, synthetic_rounds
+from bfdl_tff.integration.simulate import run_info, run_synthetic, synthetic_rounds, synthetic_run_dir
 from bfdl_tff.keys import KeyAuthError, KeyBackendUnavailableError, KeyNotFoundError
 from bfdl_tff.keys.devserver import bao_binary
 from bfdl_tff.keys.vault import VaultKeyStore
@@ -23,7 +21,7 @@ pytestmark = [
 H = ["hospital_a", "hospital_b", "hospital_c"]
 
 
-def _hook(run: Path, store, **kw) -> LedgerHook:
+def _hook(run, store, **kw) -> LedgerHook:
     return LedgerHook(run, keystore=store, replicas=4, epsilon_cap=1.0, **kw)
 
 
@@ -36,30 +34,28 @@ def test_vault_backed_run_audits(bao, tmp_path, monkeypatch):
     cfg.keys.backend = "vault"
     cfg.keys.vault_url = bao.url
     cfg.keys.vault_token_env = "BFDL_IT_VAULT_TOKEN"
-    run = tmp_path / "vault-run"
-    run.mkdir()
+    run = synthetic_run_dir(tmp_path / "vault-run")
     hook = build_ledger_hook(cfg, run)
     assert hook.keystore.backend == "vault"
     run_synthetic(hook, run, hospitals=H, rounds=2)
-    res = verify_run(run)
+    res = verify_run(run.path)
     assert res.ok, res.first_failure
     # the registered keys are the server's keys, and no private key was written locally
     store = VaultKeyStore(bao.url, bao.token)
     import json
 
-    reg = json.loads((run / "ledger" / "registry.json").read_text())
+    reg = json.loads((run.ledger_dir / "registry.json").read_text())
     assert reg["keys_backend"] == "vault"
     for name, v in reg["institutions"].items():
         assert store.public_key(name).hex() == v["pubkey"]
-    assert not list(run.rglob("*.key"))
+    assert not list(run.path.rglob("*.key"))
 
 
 def test_wrong_token_and_missing_key_fail_at_start(bao, tmp_path):
-    run = tmp_path / "r1"
-    run.mkdir()
+    run = synthetic_run_dir(tmp_path / "r1")
     with pytest.raises(KeyAuthError, match="token"):
         _hook(run, VaultKeyStore(bao.url, "not-the-token")).on_start(run_info(run, H))
-    assert not (run / "ledger" / "genesis.json").exists()
+    assert not (run.ledger_dir / "genesis.json").exists()
     store = VaultKeyStore(bao.url, bao.token)
     store.init_institutions(["hospital-a", "hospital-b", "aggregator", "auditor", "admin"])
     h = _hook(run, store, create_missing_keys=False)
@@ -69,8 +65,7 @@ def test_wrong_token_and_missing_key_fail_at_start(bao, tmp_path):
 
 
 def test_server_stopped_mid_run_no_half_signed_round(bao, tmp_path):
-    run = tmp_path / "r2"
-    run.mkdir()
+    run = synthetic_run_dir(tmp_path / "r2")
     hook = _hook(run, VaultKeyStore(bao.url, bao.token, timeout=2))
     ctxs = synthetic_rounds(run, hospitals=H, rounds=2)
     hook.on_start(run_info(run, H))
@@ -85,18 +80,17 @@ def test_server_stopped_mid_run_no_half_signed_round(bao, tmp_path):
             hook.on_end({})
     finally:
         hook.close()
-    res = verify_run(run, write=False)
+    res = verify_run(run.path, write=False)
     assert res.chain["height"] == height  # nothing of round 2 was submitted
     assert all(c.ok for c in res.checks if c.name.startswith("chain:"))
-    rounds = next(c for c in res.checks if c.name == "rounds")
-    assert rounds.ok and "1 rounds" in rounds.detail
+    rounds = res.check("rounds")
+    assert rounds.ok and rounds.message.startswith("1 rounds 1..1")
 
 
 def test_vault_signed_unregistered_and_revoked_are_rejected(bao, tmp_path):
-    from bfdl_tff.integration import ledger_api as L
+    from ledger.tx import sign_tx
 
-    run = tmp_path / "r3"
-    run.mkdir()
+    run = synthetic_run_dir(tmp_path / "r3")
     store = VaultKeyStore(bao.url, bao.token)
     hook = _hook(run, store)
     ctxs = synthetic_rounds(run, hospitals=H, rounds=1)
@@ -106,12 +100,12 @@ def test_vault_signed_unregistered_and_revoked_are_rejected(bao, tmp_path):
         hook.drain()
         store.init_institutions(["hospital-z"])  # a real Vault key, never registered on the chain
         outsider = store.signer("hospital-z")
-        sign = hook._sign
+        sign = hook.signer.sign
         payload = {"round": 2, "commitment": "12" * 32, "num_examples": 3}
         rs = hook.cluster.submit_many([
             sign("aggregator", "round.open", {"round": 2}),
-            L.sign_tx(outsider, "round.commit_update", payload, chain_id=hook.chain_id),
-            sign("admin", "registry.revoke", {"pubkey": hook.signers["hospital-c"].public_key().hex()}),
+            sign_tx(outsider, "round.commit_update", payload, chain_id=hook.chain_id),
+            sign("admin", "registry.revoke", {"pubkey": hook.signer.signers["hospital-c"].public_key().hex()}),
             sign("hospital-c", "round.commit_update", payload),
             sign("hospital-a", "round.commit_update", payload),
         ])

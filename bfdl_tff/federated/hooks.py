@@ -61,7 +61,7 @@ class RoundContext:
     metrics: dict[str, float]  # the round's metrics.csv row
     privacy: dict[str, Any]  # mode, epsilon, delta, accountant, noise_multiplier, l2_clip
     round_seconds: float
-    checkpoint_path: Path | None
+    checkpoint_path: Path | None  # the round's saved state (checkpoints/state/program_state_<t>/)
 
 
 @runtime_checkable

@@ -191,7 +191,7 @@ class Runner:
             return self.engine.initial_state(), None
         self.start_round, self.cum_bytes = latest.round_num, int(latest.meta["cum_bytes"])
         self.metrics.restore(latest.meta["rows"])
-        log.info("resuming after round %d from %s", latest.round_num, latest.state_file)
+        log.info("resuming after round %d from %s", latest.round_num, latest.state_path)
         state = self.engine.load_state(self.ckpts.load_arrays(latest))
         return state, (None if latest.hooks_done else latest)
 
@@ -273,7 +273,7 @@ class Runner:
             metrics=dict(rec.row),
             privacy=self.round_privacy(rec),
             round_seconds=rec.seconds,
-            checkpoint_path=ckpt.state_file,
+            checkpoint_path=ckpt.state_path,
         )
         for h in self.hooks:
             h.on_round_end(ctx)
@@ -328,7 +328,7 @@ class Runner:
             metrics=dict(meta["rows"][-1]),
             privacy=dict(meta["privacy"]),
             round_seconds=float(meta["round_seconds"]),
-            checkpoint_path=ckpt.state_file,
+            checkpoint_path=ckpt.state_path,
         )
 
     def progress_bar(self) -> Any:

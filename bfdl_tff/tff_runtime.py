@@ -37,10 +37,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import types
@@ -239,6 +241,7 @@ def set_context(kind: ContextKind = "native") -> None:
     if _current == kind:
         return
     guard_worker_spawn()
+    _release_graphs_at_exit()
     if kind == "native":
         tff.backends.native.set_sync_local_cpp_execution_context()
     elif kind == "test":
@@ -246,6 +249,31 @@ def set_context(kind: ContextKind = "native") -> None:
     else:
         raise ValueError(f"unknown execution context kind {kind!r}")
     _current = kind
+
+
+_exit_cleanup_registered = False
+
+
+def _release_graphs_at_exit() -> None:
+    """Register (once, after TensorFlow is imported, so it runs before TF's own exit handlers)
+    :func:`_release_keras_graph_session`."""
+    global _exit_cleanup_registered
+    if not _exit_cleanup_registered:
+        atexit.register(_release_keras_graph_session)
+        _exit_cleanup_registered = True
+
+
+def _release_keras_graph_session() -> None:
+    """Drop the ``tf.compat.v1`` Session and Graph that Keras keeps in a module global once a
+    model was built in graph mode (TFF traces ``model_fn`` in a graph), while modules are still
+    intact. Otherwise the graph's functions (TFF's Keras metric ``finalizer``s) are freed during
+    interpreter teardown, and ``AtomicFunction.__del__`` prints ``TypeError: 'NoneType' object
+    is not subscriptable`` for each."""
+    if "tensorflow" not in sys.modules:
+        return
+    with contextlib.suppress(Exception):
+        sys.modules["tensorflow"].keras.backend.clear_session()
+    gc.collect()
 
 
 def current_context() -> ContextKind | None:

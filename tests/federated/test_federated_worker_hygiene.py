@@ -227,3 +227,36 @@ def test_sigterm_of_bfdl_train_exits_cleanly_and_resumes(tmp_path):
     with open(run / "metrics.csv", newline="") as fh:
         assert [r["round"] for r in csv.DictReader(fh)] == [str(r) for r in range(1, 9)]
     assert (run / "summary.json").exists()
+
+
+# ---------------------------------------------------------------------------------- exit noise
+
+
+def test_keras_graph_session_is_released_before_interpreter_exit(tff_context):
+    """A model_fn that touches weights in TFF's graph makes Keras keep that graph's Session in a
+    module global until interpreter teardown, where each function of the graph (e.g. TFF's Keras
+    metric ``finalizer``s) prints ``AtomicFunction.__del__ ... TypeError``. The exit handler that
+    ``tff_runtime`` registers releases the Session and its graph while modules are intact."""
+    import weakref
+
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_federated as tff
+    from keras.src import backend as keras_backend  # Keras 2.14's session holder (test only)
+
+    def model_fn():
+        keras = tf.keras.Sequential([tf.keras.layers.InputLayer(input_shape=(2,)), tf.keras.layers.Dense(1)])
+        keras.set_weights([np.ones((2, 1), np.float32), np.zeros((1,), np.float32)])  # graph mode: a Session
+        return tff.learning.models.from_keras_model(
+            keras, input_spec=(tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([None, 1], tf.float32)),
+            loss=tf.keras.losses.MeanSquaredError(), metrics=[tf.keras.metrics.MeanAbsoluteError()])
+
+    tff.learning.algorithms.build_weighted_fed_avg(model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1))
+    session = getattr(keras_backend._SESSION, "session", None)
+    assert session is not None, "expected Keras to keep the graph-mode Session"
+    graph = weakref.ref(session.graph)
+    del session
+    assert tff_runtime._exit_cleanup_registered  # set_context registered the exit handler
+    tff_runtime._release_keras_graph_session()  # what atexit runs
+    assert getattr(keras_backend._SESSION, "session", None) is None
+    assert graph() is None, "the graph (and its functions) must be freed before interpreter teardown"

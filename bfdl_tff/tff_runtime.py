@@ -16,7 +16,9 @@ listening. Here:
 * **Clean shutdown**: :func:`execution_context` stops the worker on exit (and at interpreter exit)
   by its ``Popen``; a stopped worker no longer counts as a ``Popen`` for TFF's own
   ``ServiceManager.__del__``, which would otherwise signal a PID that was already reaped
-  (``ProcessLookupError`` noise, or a recycled PID).
+  (``ProcessLookupError`` noise, or a recycled PID); the context's remote executors are closed so
+  that values still alive do not try to dispose of themselves on the dead worker
+  (``RetryableGRPCError`` tracebacks at exit).
 * **Signals**: :func:`terminate_on_signals` turns SIGTERM/SIGINT into :class:`Terminated`
   (a ``SystemExit``) in the main thread, so every ``finally`` runs (hooks closed, checkpoint kept,
   worker stopped); a duplicate of the signal right after it is ignored, a later one ends the
@@ -284,7 +286,26 @@ def reset() -> None:
     """Forget the installed context and stop its workers."""
     global _current
     shutdown_workers()
+    if _current is not None:
+        _close_remote_executors()
     _current = None
+
+
+def _close_remote_executors() -> None:
+    """Close the current context's remote executors (after its worker was stopped).
+
+    Every value a TFF computation returns holds a ``weakref.finalize`` that asks the worker to
+    dispose of it, also at interpreter exit. With the worker gone (stopped here, or after
+    SIGTERM) those calls fail and print ``RetryableGRPCError`` tracebacks. A closed
+    ``RemoteExecutor`` (its executor id cleared; the failed RPC is caught by TFF) skips them.
+    Reaches into ``ResourceManagingExecutorFactory._executors`` (TFF 0.87): best effort."""
+    import tensorflow_federated as tff
+
+    ctx = tff.framework.get_context_stack().current
+    factory = getattr(ctx, "executor_factory", None)
+    for ex in list(getattr(factory, "_executors", {}).values()):
+        with contextlib.suppress(Exception):
+            ex.close()
 
 
 @contextlib.contextmanager

@@ -260,3 +260,36 @@ def test_keras_graph_session_is_released_before_interpreter_exit(tff_context):
     tff_runtime._release_keras_graph_session()  # what atexit runs
     assert getattr(keras_backend._SESSION, "session", None) is None
     assert graph() is None, "the graph (and its functions) must be freed before interpreter teardown"
+
+
+@pytest.mark.tff
+def test_values_alive_after_the_worker_stopped_do_not_call_it():
+    """Remote values that outlive the context (e.g. of a computation interrupted by SIGTERM)
+    dispose of themselves on GC and at exit; after the worker is stopped that must not try to
+    reach it (it used to print RetryableGRPCError tracebacks at exit)."""
+    import asyncio
+    import gc
+
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_federated as tff
+
+    unraisable: list = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        with tff_runtime.execution_context("native"):
+
+            @tff.tensorflow.computation(tf.int32)
+            def add_one(x):
+                return x + 1
+
+            assert add_one(1) == 2  # starts the worker and the remote executor
+            factory = tff.framework.get_context_stack().current.executor_factory
+            (executor,) = factory._executors.values()
+            values = [asyncio.run(executor.create_value(i, tff.TensorType(np.int32))) for i in range(45)]
+        del values  # more than TFF's dispose batch (20): a dispose call is due
+        gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    assert [str(u.exc_value)[:200] for u in unraisable] == []

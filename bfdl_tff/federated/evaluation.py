@@ -188,6 +188,11 @@ class TestSplitEvaluator:
         self.findings = list(findings)
         self.threshold_rule, self.fixed_threshold = threshold_rule, fixed_threshold
 
+    def predict_test(self, weights: Sequence[np.ndarray]) -> np.ndarray:
+        """The model's test-split scores ``[N, L]`` (saved with the released model)."""
+        self.model.set_weights(list(weights))
+        return predict_findings(self.model, self.x_test)
+
     def evaluate(self, weights: Sequence[np.ndarray]) -> EvalResult:
         self.model.set_weights(list(weights))
         return evaluate_model(

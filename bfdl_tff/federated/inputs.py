@@ -40,7 +40,8 @@ def load_data(cfg: ExperimentConfig, run_dir: RunDir, *, with_masks: bool) -> Fe
     # prepare_data uses cfg.data.manifests if set, else partitions into RUN_DIR/manifests.
     prepared = prep_mod.prepare_data(cfg.data, seed=seeds["partition"], manifest_dir=run_dir.manifests_dir)
     fed = fed_mod.load_federation(prepared.root, prepared.manifest_dir, image_size=cfg.data.image_size, with_masks=with_masks)
-    run_dir.write_data_record(root=Path(prepared.root), manifest_dir=Path(prepared.manifest_dir), synthetic=bool(prepared.synthetic))
+    run_dir.write_data_record(root=Path(prepared.root), manifest_dir=Path(prepared.manifest_dir), synthetic=bool(prepared.synthetic),
+                              task=fed.task.to_record())
     return FederationData(
         names=list(fed.names),
         train=dict(fed.train),

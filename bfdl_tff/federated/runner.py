@@ -299,6 +299,8 @@ class Runner:
     def finish(self, weights: list[np.ndarray], evaluation: dict, wall_s: float) -> dict:
         """``final_model.npz``, ``summary.json``, then the hooks' ``on_end``."""
         self.rd.save_model(weights)
+        self.rd.save_predictions(image_ids=self.data.test.images, y_true=self.data.test.y,
+                                 scores=self.evaluator.predict_test(weights), labels=self.findings)
         summary = build_summary(self.cfg, rows=self.metrics.rows, evaluation=evaluation, sched=self.sched, data=self.data,
                                 final_weights=weights, wall_s=wall_s, num_params=self.num_params,
                                 extra=self.engine.summary_extra())

@@ -57,6 +57,12 @@ class AttackConfig:
     label_mode: str = "oracle"
     seed: int = 0
     engine: str = "auto"  # problem gradients: auto | chain | vmap (problem_grads)
+    # What the dummy gradient is turned into before matching: "gradient" (SGD clients: the update
+    # is -lr * gradient) or "adam" (Adam clients with fresh state: the first step is
+    # -lr * g / (|g| + eps'), a sign; matched as the soft sign g / (|g| + tau), tau = adam_tau *
+    # mean |g| of the problem, so the objective stays differentiable)
+    match: str = "gradient"
+    adam_tau: float = 0.2
 
 
 @dataclass
@@ -94,11 +100,24 @@ def total_variation(x: Any) -> Any:
 _STEP_CACHE: dict[tuple, Any] = {}
 
 
-def _step_fn(model: Any, tv_weight: float, engine: str) -> tuple[Any, str]:
+def soft_sign(grads: list, tau: float) -> list:
+    """``g / (|g| + tau * mean|g|)`` per problem (leading axis), over all variables together."""
+    import tensorflow as tf
+
+    total = tf.add_n([tf.reduce_sum(tf.reshape(tf.abs(a), [tf.shape(a)[0], -1]), axis=1) for a in grads])
+    count = tf.add_n([tf.cast(tf.reduce_prod(tf.shape(a)[1:]), tf.float32) for a in grads])
+    scale = tf.stop_gradient(tau * total / count + 1e-20)
+    return [a / (tf.abs(a) + tf.reshape(scale, [-1] + [1] * (a.shape.rank - 1))) for a in grads]
+
+
+def _step_fn(model: Any, tv_weight: float, engine: str, match: str = "gradient",
+             adam_tau: float = 0.2) -> tuple[Any, str]:
     """A compiled ``(x, y, targets) -> (1 - cos [Q], d total / d x, d total / d y)`` (cached)."""
     import tensorflow as tf
 
-    key = (id(model), float(tv_weight), engine)
+    if match not in ("gradient", "adam"):
+        raise ValueError(f"unknown match {match!r} (gradient or adam)")
+    key = (id(model), float(tv_weight), engine, match, float(adam_tau))
     if key in _STEP_CACHE and _STEP_CACHE[key][0] is model:
         return _STEP_CACHE[key][1], _STEP_CACHE[key][2]
     grads_fn, used = make_problem_gradients(model, engine=engine)
@@ -112,6 +131,8 @@ def _step_fn(model: Any, tv_weight: float, engine: str) -> tuple[Any, str]:
             outer.watch(x)
             outer.watch(y)
             g = grads_fn(x, y)
+            if match == "adam":
+                g = soft_sign(g, adam_tau)
             dot = tf.add_n([tf.reduce_sum(tf.reshape(a * b, [tf.shape(a)[0], -1]), axis=1) for a, b in zip(g, target)])
             g_norm = tf.sqrt(tf.add_n([sq(a) for a in g]))
             t_norm = tf.sqrt(tf.add_n([sq(t) for t in target]))
@@ -208,7 +229,7 @@ def invert_batch(
     k = int(out_shape[-1])
     r = cfg.restarts
     seeds = list(seeds) if seeds is not None else [cfg.seed + i for i in range(p)]
-    step, used = _step_fn(model, cfg.tv_weight, cfg.engine)
+    step, used = _step_fn(model, cfg.tv_weight, cfg.engine, cfg.match, cfg.adam_tau)
     import tensorflow as tf
 
     target = [tf.constant(np.repeat(-np.stack([np.asarray(u[j], np.float32) for u in observed]), r, axis=0))
@@ -241,4 +262,5 @@ def invert(
                            seconds=res.seconds)
 
 
-__all__ = ["AttackConfig", "BatchInversion", "InversionResult", "invert", "invert_batch", "total_variation"]
+__all__ = ["AttackConfig", "BatchInversion", "InversionResult", "invert", "invert_batch", "soft_sign",
+           "total_variation"]

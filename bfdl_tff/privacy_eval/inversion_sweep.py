@@ -251,7 +251,7 @@ def protected_settings(rows: Sequence[SweepRow], targets: Sequence[str], rounds:
     for r in rounds:
         best = best_plain(rows, r)
         b, s = (best.batch_size, best.local_steps) if best else fallback
-        how = f"best plain_update of round {r}" if best else "fixed (no plain_update rows)"
+        how = f"best plain_update of round {r}" if best else "smallest batch and steps (no plain_update rows)"
         out += [Setting(t, b, s, r, how) for t in targets if t != "plain_update"]
     return out
 

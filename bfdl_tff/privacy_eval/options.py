@@ -16,9 +16,10 @@ TARGETS: tuple[str, ...] = ("plain_update", "secure_sum", "dp_update")
 #: The attacked rounds: the run's initial model (round 1's broadcast) and its released model.
 ROUND_LABELS: tuple[str, ...] = ("first", "final")
 #: Targets attacked on each arm's run when ``targets`` is empty (``dp_update`` only with a noise
-#: multiplier): what that arm's aggregator could see, plus the plain update as the reference.
-DEFAULT_TARGETS = {"federated": ("plain_update", "secure_sum"),
-                   "bfdl": ("plain_update", "secure_sum", "dp_update")}
+#: multiplier): what that arm's aggregator sees (federated: each plain update; B-FDL: the secure
+#: sum of DP updates, attacked as the secure sum without DP and as one DP update), plus the plain
+#: update as the reference on runs of the arms in ``plain_arms``.
+DEFAULT_TARGETS = {"federated": ("plain_update",), "bfdl": ("plain_update", "secure_sum", "dp_update")}
 
 
 @dataclass
@@ -46,6 +47,9 @@ class InversionOptions:
     # to the largest setting's need so the targets of a setting are distinct images
     gallery_size: int = field(default=101, metadata={"min": 101})
     engine: Literal["auto", "chain", "vmap"] = "auto"  # problem gradients (problem_grads)
+    # the arms whose runs get the plain_update grid when ``targets`` is empty; on the others
+    # secure_sum / dp_update are attacked at batch min(batch_sizes), steps min(local_steps)
+    plain_arms: list[str] = field(default_factory=lambda: ["federated", "bfdl"])
 
     def check(self) -> list[tuple[str, str]]:
         problems = [(k, f"must be positive integers, got {v}") for k, v in
@@ -55,6 +59,8 @@ class InversionOptions:
         problems += [("rounds", f"unknown round {r!r} (first or final)") for r in self.rounds if r not in ROUND_LABELS]
         if not self.rounds:
             problems.append(("rounds", "at least one of first, final"))
+        problems += [("plain_arms", f"unknown arm {a!r} (federated or bfdl)") for a in self.plain_arms
+                     if a not in DEFAULT_TARGETS]
         return problems
 
 

@@ -162,7 +162,9 @@ def _inversion_setting(run: RunDir, opts: InversionOptions, priv: dict[str, Any]
             "rounds": list(opts.rounds), "images_per_setting": opts.images_per_setting,
             "batch_sizes": list(opts.batch_sizes), "local_steps": list(opts.local_steps), "protected": opts.protected,
             "iterations": opts.iterations, "restarts": opts.restarts, "tv_weight": opts.tv_weight,
-            "client": client_protocol(cfg), "client_lr": client_protocol(cfg)["lr"], "success_rule": SUCCESS_RULE,
+            "client": client_protocol(cfg), "client_lr": client_protocol(cfg)["lr"],
+            "matching": "soft sign g / (|g| + 0.2 mean|g|) (Adam clients)" if client_protocol(cfg)["optimizer"] == "adam"
+            else "gradient (SGD clients)", "success_rule": SUCCESS_RULE,
             "label_rule": LABEL_RULE, "label_mode": opts.label_mode, "privacy": priv, "seed": seed}
 
 
@@ -174,7 +176,8 @@ def _dp_targets(run: RunDir, opts: InversionOptions, priv: dict[str, Any], attac
     if z is None:
         own = [h["noise_multiplier"] for h in priv["per_hospital"] if h["hospital"] == attacked]
         z = float(own[0]) if own and own[0] is not None else priv["noise_multiplier"]
-    default = DEFAULT_TARGETS.get(run.config.arm, TARGETS)
+    default = tuple(t for t in DEFAULT_TARGETS.get(run.config.arm, TARGETS)
+                    if t != "plain_update" or run.config.arm in opts.plain_arms)
     targets = tuple(opts.targets) or tuple(t for t in default if t != "dp_update" or (z and z > 0))
     if "dp_update" in targets and not (z and z > 0):
         raise AttackError(f"{run.privacy_file}: the run has no DP noise multiplier; pass --noise-multiplier "
@@ -247,9 +250,10 @@ def inversion_on_run(run_dir: str | Path, opts: InversionOptions | None = None, 
                    attacked_hospital=names[0], initial_model_digest=weights_digest(first.get_weights()),
                    intensity="standardised" if S.input_standardised(final) else "raw",
                    auxiliary_data="held-out test images (label-count estimate)")
-    cfg = AttackConfig(iterations=opts.iterations, restarts=opts.restarts, tv_weight=opts.tv_weight,
-                       label_mode=opts.label_mode, seed=seed, engine=opts.engine)
     proto = client_protocol(run.config)
+    cfg = AttackConfig(iterations=opts.iterations, restarts=opts.restarts, tv_weight=opts.tv_weight,
+                       label_mode=opts.label_mode, seed=seed, engine=opts.engine,
+                       match="adam" if proto["optimizer"] == "adam" else "gradient")
     client = ClientSetting(lr=proto["lr"], optimizer=proto["optimizer"], momentum=proto["momentum"])
     common = dict(n_images=opts.images_per_setting, client=client, dp=dp, cfg=cfg,
                   aux_images=test.x[:256].astype(np.float32), keep_examples=8, progress=progress)

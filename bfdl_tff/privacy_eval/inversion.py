@@ -56,7 +56,9 @@ class AttackConfig:
     # Geiping et al.'s batch experiments) or "joint" (label-blind, optimised with the images, DLG).
     label_mode: str = "oracle"
     seed: int = 0
-    engine: str = "auto"  # problem gradients: auto | chain | vmap (problem_grads)
+    # problem gradients (problem_grads): auto = loop for a few large problems (>= LOOP_MIN_IMAGES
+    # images each, <= LOOP_MAX_PROBLEMS problems incl. restarts), else chain (vmap if unsupported)
+    engine: str = "auto"
     # What the dummy gradient is turned into before matching: "gradient" (SGD clients: the update
     # is -lr * gradient) or "adam" (Adam clients with fresh state: the first step is
     # -lr * g / (|g| + eps'), a sign; matched as the soft sign g / (|g| + tau), tau = adam_tau *
@@ -98,6 +100,15 @@ def total_variation(x: Any) -> Any:
 
 
 _STEP_CACHE: dict[tuple, Any] = {}
+LOOP_MIN_IMAGES = 8
+LOOP_MAX_PROBLEMS = 16
+
+
+def choose_engine(engine: str, problems: int, images: int) -> str:
+    """The problem-gradient engine of an inversion batch (see ``AttackConfig.engine``)."""
+    if engine != "auto":
+        return engine
+    return "loop" if images >= LOOP_MIN_IMAGES and problems <= LOOP_MAX_PROBLEMS else "auto"
 
 
 def soft_sign(grads: list, tau: float) -> list:
@@ -125,7 +136,7 @@ def _step_fn(model: Any, tv_weight: float, engine: str, match: str = "gradient",
     def sq(t: Any) -> Any:
         return tf.reduce_sum(tf.reshape(t, [tf.shape(t)[0], -1]) ** 2, axis=1)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=engine != "loop")  # loop: static number of problems
     def step(x: Any, y: Any, target: list) -> tuple[Any, Any, Any]:
         with tf.GradientTape(persistent=True) as outer:
             outer.watch(x)
@@ -229,7 +240,8 @@ def invert_batch(
     k = int(out_shape[-1])
     r = cfg.restarts
     seeds = list(seeds) if seeds is not None else [cfg.seed + i for i in range(p)]
-    step, used = _step_fn(model, cfg.tv_weight, cfg.engine, cfg.match, cfg.adam_tau)
+    step, used = _step_fn(model, cfg.tv_weight, choose_engine(cfg.engine, p * cfg.restarts, n), cfg.match,
+                          cfg.adam_tau)
     import tensorflow as tf
 
     target = [tf.constant(np.repeat(-np.stack([np.asarray(u[j], np.float32) for u in observed]), r, axis=0))

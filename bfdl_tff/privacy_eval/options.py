@@ -46,7 +46,7 @@ class InversionOptions:
     # images per hospital in the re-identification gallery (the target and >= 100 others); grown
     # to the largest setting's need so the targets of a setting are distinct images
     gallery_size: int = field(default=101, metadata={"min": 101})
-    engine: Literal["auto", "chain", "vmap"] = "auto"  # problem gradients (problem_grads)
+    engine: Literal["auto", "chain", "vmap", "loop"] = "auto"  # problem gradients (inversion.choose_engine)
     # the arms whose runs get the plain_update grid when ``targets`` is empty; on the others
     # secure_sum / dp_update are attacked at batch min(batch_sizes), steps min(local_steps)
     plain_arms: list[str] = field(default_factory=lambda: ["federated", "bfdl"])

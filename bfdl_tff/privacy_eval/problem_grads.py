@@ -23,6 +23,9 @@ Two engines, same result:
   kernel transform is applied through its vector-Jacobian product. Everything is ordinary
   differentiable TensorFlow, so the inversion's second-order gradient (w.r.t. the images) runs
   batched too. The chain is checked once against ``tf.GradientTape`` on random inputs.
+* ``loop`` (any model, few problems): one tape per problem, unrolled in the graph; for a handful
+  of large problems (e.g. 2 updates of 64 images) this is ordinary batched backpropagation and
+  the cheapest engine (measured 3.5x cheaper per image than ``chain`` at 100 images per problem).
 * ``vmap`` (any model): ``tf.vectorized_map`` over problems of a ``tf.GradientTape`` gradient.
   Correct for every Keras model, but TensorFlow 2.14 runs the per-problem ``Conv2DBackpropFilter``
   in a while loop (measured 6x slower than ``chain`` on the 6.4k-parameter ``cnn32``).
@@ -301,6 +304,27 @@ def _vmap_engine(model: Any) -> ProblemGradients:
     return grads
 
 
+def _loop_engine(model: Any) -> ProblemGradients:
+    """One tape per problem, unrolled over the (static) number of problems: cheapest when problems
+    are few and large (each is an ordinary batch), e.g. 2 updates of 64 images."""
+    tf = _tf()
+    fwd = classification_forward(model)
+    tvars = list(model.trainable_variables)
+
+    def grads(x: Any, y: Any) -> list:
+        p = x.shape[0]
+        if p is None:
+            raise ValueError("the loop engine needs a static number of problems")
+        per = []
+        for i in range(int(p)):
+            with tf.GradientTape() as tape:
+                loss = bce_mean(y[i], fwd(x[i]))
+            per.append(tape.gradient(loss, tvars))
+        return [tf.stack([g[k] for g in per]) for k in range(len(tvars))]
+
+    return grads
+
+
 def reference_gradients(model: Any, x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
     """Per-problem gradients by one ``tf.GradientTape`` per problem (the tests' reference)."""
     tf = _tf()
@@ -334,10 +358,14 @@ def make_problem_gradients(model: Any, *, engine: str = "auto") -> tuple[Problem
     """``(fn, engine used)``: ``fn(x [P, n, ...], y [P, n, K]) -> [[P, *var.shape] per variable]``.
 
     ``engine``: ``auto`` (``chain`` when the model supports it and agrees with the tape, else
-    ``vmap``), ``chain`` (raises if unsupported) or ``vmap``. ``fn`` is plain TensorFlow (call it
+    ``vmap``), ``chain`` (raises if unsupported), ``vmap`` or ``loop`` (one tape per problem,
+    unrolled: for a few large problems; needs a static number of problems, so a ``tf.function``
+    around it without ``reduce_retracing``). ``fn`` is plain TensorFlow (call it
     inside a ``tf.function`` and under a tape: it is differentiable in ``x`` and ``y``)."""
-    if engine not in ("auto", "chain", "vmap"):
-        raise ValueError(f"unknown engine {engine!r} (auto, chain or vmap)")
+    if engine not in ("auto", "chain", "vmap", "loop"):
+        raise ValueError(f"unknown engine {engine!r} (auto, chain, vmap or loop)")
+    if engine == "loop":
+        return _loop_engine(model), "loop"
     if engine != "vmap":
         layers = chain_layers(model)
         try:

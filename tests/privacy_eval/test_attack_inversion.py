@@ -91,6 +91,10 @@ def test_batched_inversion_equals_one_target_runs(setup):
         np.testing.assert_allclose(batch.images[p], one.images, atol=1e-3)  # float summation order only
         assert batch.matching_loss[p] == pytest.approx(one.matching_loss, abs=1e-4)
         np.testing.assert_allclose(batch.restart_losses[p], one.restart_losses, atol=1e-4)
+    # few large problems: the unrolled per-problem engine follows the same trajectory
+    loop = invert_batch(model, obs, labels, cfg=AttackConfig(**{**cfg.__dict__, "engine": "loop"}), seeds=[11, 12, 13])
+    assert loop.engine == "loop"
+    np.testing.assert_allclose(loop.images, batch.images, atol=1e-3)
 
 
 def test_draws_are_distinct_within_a_setting():

@@ -61,13 +61,14 @@ def _data(p: int, n: int, seed: int = 0):
     return x.reshape(p, n, SIZE, SIZE, 1), y.reshape(p, n, 14)
 
 
-@pytest.mark.parametrize("name", ["tiny", "small_cnn", "ws_gn_dense"])
-def test_chain_engine_equals_per_problem_tapes(models, name):
+@pytest.mark.parametrize("name,engine", [("tiny", "chain"), ("small_cnn", "chain"), ("ws_gn_dense", "chain"),
+                                         ("ws_gn_dense", "loop")])
+def test_engines_equal_per_problem_tapes(models, name, engine):
     import tensorflow as tf
 
     model = models[name]
-    fn, used = PG.make_problem_gradients(model, engine="chain")
-    assert used == "chain"
+    fn, used = PG.make_problem_gradients(model, engine=engine)
+    assert used == engine
     x, y = _data(3, 4)
     got = fn(tf.constant(x), tf.constant(y))
     ref = PG.reference_gradients(model, x, y)

@@ -16,19 +16,27 @@ lacks its ``privacy_tests/membership_inference_attack`` package.
   per-label log-odds is approximately Gaussian, which is what LiRA's parametric test needs).
   *Online* LiRA scores ``log N(phi; mu_in, sigma_in) - log N(phi; mu_out, sigma_out)``;
   *offline* LiRA uses the out-shadows only, score ``log Phi((phi - mu_out) / sigma_out)``. With
-  few shadows (the CPU default is 4) the variances are pooled over examples (Carlini et al.'s
-  "fixed variance" variant). Shadows come in complementary pairs (one trained on a random half,
-  one on the other half), so every example has exactly ``n_shadows / 2`` in- and out-models.
+  fewer than ~64 shadows the variances are pooled over examples (Carlini et al.'s "fixed
+  variance" variant). Shadows come in complementary pairs (one trained on a random half, one on
+  the other half), so every example has exactly ``n_shadows / 2`` in- and out-models. The result
+  carries ``stability``: the same attack scored with the first 2, 4, 8, ... shadows.
 
 Shadows are trained "on the same pipeline" in the sense of the same Keras model builder, loss,
-optimizer family, learning rate, batch size and number of passes over the data as the target,
-but centrally with ``model.fit`` rather than through TFF FedAvg, and without DP noise. For a DP
-target the non-DP shadows are a mismatch, so LiRA there is an empirical attack (a lower bound
-on what an attacker can do), and the DP bound below is the guarantee.
+optimizer, learning rate, batch size and number of passes over the data as the target
+(``federated.*``), but centrally with ``model.fit`` rather than through TFF FedAvg, and without
+DP noise; with ``always_in`` (the run's other training images) each shadow's training set has
+the target's size. For a DP target the non-DP shadows are a mismatch: the per-example in/out
+distributions they estimate are further apart than the target's, so LiRA's likelihood ratio is
+miscalibrated and the attack weaker than one with DP shadows -- still a valid test (its TPR/FPR
+are measured on the target), so the DP audit stays valid; only its power suffers. Shadow
+statistics are cached in-process (:func:`shadow_statistics`), so the three arms of one seed,
+which share data and recipe, train them once.
 
 Reported (``membership.json``): AUC, attacker advantage ``max(TPR - FPR)`` and TPR at 0.1% and
-1% FPR of each attack, and for DP runs the largest TPR at those FPRs allowed by the run's
-(epsilon, delta) (:func:`bfdl_tff.privacy_eval.metrics.dp_tpr_bound`, Kairouz et al. 2015).
+1% FPR of each attack with exact Clopper-Pearson intervals and the counts behind them
+(:func:`bfdl_tff.privacy_eval.metrics.low_fpr_point`), and for DP runs the largest TPR at those
+FPRs allowed by the run's (epsilon, delta) (:func:`bfdl_tff.privacy_eval.metrics.dp_tpr_bound`,
+Kairouz et al. 2015) and the DP audit (:mod:`bfdl_tff.privacy_eval.dp_audit`).
 """
 
 from __future__ import annotations

@@ -109,6 +109,8 @@ def dp_audit_check(run_dir: str | Path) -> tuple[bool, str]:
     from bfdl_tff.runs import RunDir
 
     run = RunDir.open(run_dir)
+    if not run.privacy_file.is_file():
+        return True, f"dp audit: {run.privacy_file} missing (no privacy schedule recorded); not audited"
     rec = run.privacy()
     mode = str(rec.get("mode", "none"))
     if mode == "none" or rec.get("epsilon") is None:

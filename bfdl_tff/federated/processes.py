@@ -65,6 +65,21 @@ def make_optimizer(name: str, *, learning_rate: float, momentum: float = 0.0) ->
     raise ValueError(f"unknown optimizer {name!r}")
 
 
+def arm_optimizers(cfg: Any) -> tuple[tff.learning.optimizers.Optimizer, tff.learning.optimizers.Optimizer]:
+    """(client, server) optimizers of ``cfg.arm``: ``federated.*``, with the private arm's own
+    settings (``privacy.client_optimizer`` / ``client_lr`` / ``client_momentum`` / ``server_lr``,
+    where set) when ``cfg.arm == "bfdl"`` trains with differential privacy (issue 14.2: the noise
+    calls for its own learning rate and momentum)."""
+    f, p = cfg.federated, cfg.privacy
+    private = cfg.arm == "bfdl" and p.mode != "none"
+    name = (p.client_optimizer or f.client_optimizer) if private else f.client_optimizer
+    lr = (p.client_lr or f.client_lr) if private else f.client_lr
+    momentum = p.client_momentum if private and p.client_momentum >= 0 else f.client_momentum
+    server_lr = (p.server_lr or f.server_lr) if private else f.server_lr
+    return (make_optimizer(name, learning_rate=lr, momentum=momentum),
+            make_optimizer(f.server_optimizer, learning_rate=server_lr, momentum=f.server_momentum))
+
+
 @dataclass
 class FederatedAlgorithm:
     """A composed TFF learning process plus its components (run round by round by the trainer)."""
@@ -231,16 +246,23 @@ def build_dp_sgd_fedavg(
     l2_clip: float,
     batch_size: int,
     secure_sum: bool = True,
+    keras_model_fn: Callable[[], tf.keras.Model] | None = None,
+    fast_clipping: bool = True,
 ) -> FederatedAlgorithm:
-    """Sample-level DP-SGD in each hospital + weighted (``n_k``) FedAvg, optionally secure sum."""
+    """Sample-level DP-SGD in each hospital + weighted (``n_k``) FedAvg, optionally secure sum.
+
+    Each hospital's noise multiplier and DP-SGD denominator travel in its step data
+    (:func:`dp_sgd.round_dataset` with ``PrivacySchedule.dp_sgd_kwargs``); ``noise_multiplier``
+    (the largest per-hospital value) and ``batch_size`` (the expected images per step) are only
+    recorded on the returned algorithm."""
     client_work = dp_sgd.build_dp_sgd_client_work(
         model_fn,
         element_spec=dp_sgd.dp_sgd_element_spec(batch_spec),
         per_example_loss=per_example_loss,
         optimizer=client_optimizer,
         l2_clip=l2_clip,
-        noise_multiplier=noise_multiplier,
-        expected_batch_size=batch_size,
+        keras_model_fn=keras_model_fn,
+        fast_clipping=fast_clipping,
     )
     factory = secure_weighted_mean_factory() if secure_sum else tff.aggregators.MeanFactory()
     process, aggregator, finalizer, _ = _components(
@@ -258,6 +280,7 @@ def build_dp_sgd_fedavg(
         noise_multiplier=noise_multiplier,
         l2_clip=l2_clip,
         data_kind="dp_sgd_steps",
+        extra={"expected_batch_size": batch_size},
     )
 
 
@@ -458,6 +481,7 @@ __all__ = [
     "FederatedTrainer",
     "KerasOrder",
     "RoundOutput",
+    "arm_optimizers",
     "build_dp_fedavg",
     "build_dp_sgd_fedavg",
     "build_fedavg",

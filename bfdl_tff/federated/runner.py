@@ -199,8 +199,7 @@ class FederatedEngine:
         f, p = cfg.federated, cfg.privacy
         seeds = cfg.resolved_seeds()
         self.seeds = seeds
-        client_opt = processes.make_optimizer(f.client_optimizer, learning_rate=f.client_lr, momentum=f.client_momentum)
-        server_opt = processes.make_optimizer(f.server_optimizer, learning_rate=f.server_lr, momentum=f.server_momentum)
+        client_opt, server_opt = processes.arm_optimizers(cfg)
         mode = sched.mode
         secure = cfg.arm == "bfdl" and p.secure_sum
         self.mode = mode
@@ -230,6 +229,7 @@ class FederatedEngine:
                 l2_clip=p.l2_clip,
                 batch_size=f.batch_size,
                 secure_sum=secure,
+                keras_model_fn=bundle.keras,
             )
         else:
             alg = processes.build_fedavg(bundle.model_fn, client_optimizer=client_opt, server_optimizer=server_opt, secure_sum=secure)
@@ -282,7 +282,7 @@ class FederatedEngine:
         if self.algorithm.data_kind == "dp_sgd_steps":
             rng = np.random.default_rng([self.seeds["data_shuffle"], round_num, k])
             return dp_sgd.round_dataset(ts, batch_size=f.batch_size, local_epochs=f.local_epochs, rng=rng,
-                                        with_masks=self.bundle.with_masks)
+                                        with_masks=self.bundle.with_masks, **self.sched.dp_sgd_kwargs(name))
         return make_dataset(
             ts,
             batch_size=f.batch_size,
@@ -417,7 +417,8 @@ def run_experiment(
         if data is None:
             data = load_data(cfg, run_path, with_masks=registry.uses_masks(model_cfg))
         validate_setup(cfg, data, model_cfg, source=source)
-        sched = accounting.schedule_for_config(cfg, {n: len(data.train[n]) for n in data.names}, source=source)
+        sched = accounting.schedule_for_config(cfg, {n: len(data.train[n]) for n in data.names}, source=source,
+                                               num_patients={n: len(np.unique(data.train[n].patient_ids)) for n in data.names})
         RunDir_write_privacy(run_path, sched)
         return _run(cfg, run_path, data, model_cfg, sched, list(FINDINGS), hooks=hooks, resume=resume, progress=progress)
     finally:
@@ -728,11 +729,7 @@ def _summary(cfg, run_path, rows, ev, sched, seeds, data, gw, wall, engine, num_
         "noise_multiplier": sched.noise_multiplier if sched.mode != "none" else 0.0,
         "l2_clip": cfg.privacy.l2_clip if sched.mode != "none" else None,
         "secure_sum": bool(cfg.arm == "bfdl" and cfg.privacy.secure_sum),
-        "privacy_note": {
-            "client": "client-level (add/remove one hospital) DP-FedAvg, unweighted mean of clipped updates",
-            "sample": "sample-level (add/remove one image) DP-SGD with Poisson sampling in each hospital; max over hospitals",
-            "none": "no differential privacy",
-        }[sched.mode],
+        "privacy_note": sched.note(),
         "bytes_broadcast_total": int(sum(r.get("bytes_broadcast") or 0 for r in rows)),
         "bytes_uploaded_total": int(sum(r.get("bytes_uploaded") or 0 for r in rows)),
         "cum_bytes": int(last.get("cum_bytes") or 0),

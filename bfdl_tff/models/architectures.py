@@ -4,8 +4,11 @@ Every builder takes a :class:`bfdl_tff.models.registry.ModelConfig` and returns 
 ``tf.keras.Model`` (no subclassed models, no ``Lambda`` layers), so TFF's ``from_keras_model`` can
 wrap it inside ``model_fn()``.
 
-- ``small_cnn``: ``conv_layers`` x (3x3 conv, norm, ReLU, 2x2 max-pool), filters ``width * 2**i``,
-  global pooling, optional dropout / hidden layer, 14 sigmoid outputs ``findings``.
+- ``small_cnn``: optional per-image input standardisation (``input_norm: image``), then
+  ``conv_layers`` x (3x3 conv, norm, ReLU, 2x2 max-pool), filters ``width * 2**i``, global
+  pooling, optional dropout / hidden layer, 14 sigmoid outputs ``findings``. ``norm``: ``batch``
+  (centralized reference only), ``group`` (GroupNorm), ``ws`` (weight-standardised convs with a
+  bias, no activation normalisation: ``layers.WSConv2D``) or ``none``.
 - ``resnet50``: ``tf.keras.applications.ResNet50(weights=None, include_top=False)`` backbone,
   global pooling, 14-way sigmoid head. With ``norm: batch`` the backbone is exactly keras'
   (same layers and parameter count); ``group`` / ``none`` rebuild the same graph from its config
@@ -72,11 +75,27 @@ def _norm(cfg: "ModelConfig", x: Any, name: str) -> Any:
     return x
 
 
+def _conv(cfg: "ModelConfig", x: Any, filters: int, kernel: int, name: str, *, strides: int = 1) -> Any:
+    """Conv2D (``norm: ws``: weight-standardised ``WSConv2D``), with a bias unless a norm follows."""
+    tf = _tf()
+    from bfdl_tff.models.layers import WSConv2D
+
+    cls = WSConv2D if cfg.norm == "ws" else tf.keras.layers.Conv2D
+    return cls(filters, kernel, strides=strides, padding="same", use_bias=cfg.norm in ("none", "ws"), name=name)(x)
+
+
+def _input(cfg: "ModelConfig") -> tuple[Any, Any]:
+    """The image input and, with ``input_norm: image``, its per-image standardisation."""
+    tf = _tf()
+    from bfdl_tff.models.layers import ImageStandardization
+
+    inp = tf.keras.Input(shape=(cfg.input_size, cfg.input_size, cfg.channels), name="image")
+    return inp, (ImageStandardization(name="input_std")(inp) if cfg.input_norm == "image" else inp)
+
+
 def _conv_norm_relu(cfg: "ModelConfig", x: Any, filters: int, name: str, *, strides: int = 1, relu: bool = True) -> Any:
     tf = _tf()
-    x = tf.keras.layers.Conv2D(
-        filters, 3, strides=strides, padding="same", use_bias=cfg.norm == "none", name=f"{name}_conv"
-    )(x)
+    x = _conv(cfg, x, filters, 3, f"{name}_conv", strides=strides)
     x = _norm(cfg, x, name)
     if relu:
         x = tf.keras.layers.ReLU(name=f"{name}_relu")(x)
@@ -123,8 +142,7 @@ def _outputs(cfg: "ModelConfig", findings: Any, lesion: Any | None) -> Any:
 
 def build_small_cnn(cfg: "ModelConfig") -> "tf.keras.Model":
     tf = _tf()
-    inp = tf.keras.Input(shape=(cfg.input_size, cfg.input_size, cfg.channels), name="image")
-    x = inp
+    inp, x = _input(cfg)
     for i in range(cfg.conv_layers):
         x = _conv_norm_relu(cfg, x, cfg.width * 2**i, f"block{i + 1}")
         x = tf.keras.layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
@@ -212,7 +230,7 @@ def _basic_block(cfg: "ModelConfig", x: Any, filters: int, name: str, *, strides
         # (TF 2.14; see docs/models.md), and ResNet-D is the better-behaved variant anyway.
         shortcut = tf.keras.layers.AveragePooling2D(strides, name=f"{name}_proj_pool")(shortcut)
     if strides != 1 or int(x.shape[-1]) != filters:
-        shortcut = tf.keras.layers.Conv2D(filters, 1, use_bias=cfg.norm == "none", name=f"{name}_proj_conv")(shortcut)
+        shortcut = _conv(cfg, shortcut, filters, 1, f"{name}_proj_conv")
         shortcut = _norm(cfg, shortcut, f"{name}_proj")
     y = _conv_norm_relu(cfg, x, filters, f"{name}_1", strides=strides)
     y = _conv_norm_relu(cfg, y, filters, f"{name}_2", relu=False)
@@ -222,8 +240,8 @@ def _basic_block(cfg: "ModelConfig", x: Any, filters: int, name: str, *, strides
 
 def build_resnet_unet_small(cfg: "ModelConfig") -> "tf.keras.Model":
     tf = _tf()
-    inp = tf.keras.Input(shape=(cfg.input_size, cfg.input_size, cfg.channels), name="image")
-    x = _conv_norm_relu(cfg, inp, cfg.width, "stem")
+    inp, x = _input(cfg)
+    x = _conv_norm_relu(cfg, x, cfg.width, "stem")
     stages = [x]
     for s, n_blocks in enumerate(cfg.blocks, start=1):
         f = cfg.width * 2**s

@@ -44,7 +44,7 @@ MODELS_DIR = CONFIG_DIR / "models"
 
 ARCHITECTURES = ("small_cnn", "resnet50", "resnet50_unet", "resnet_unet_small", "keras_config")
 HYBRIDS = ("resnet50_unet", "resnet_unet_small")
-NORMS = ("batch", "group", "none")
+NORMS = ("batch", "group", "ws", "none")
 
 #: Input sizes of the ResNet-50 backbone must be multiples of its total stride.
 RESNET50_STRIDE = 32
@@ -77,6 +77,8 @@ class ModelConfig:
     # U-Net decoder filters, deepest first (hybrids). Empty: derived from the encoder.
     decoder_filters: list[int] = _c([])
     norm: str = _c("group", choices=NORMS)
+    # Per-image input standardisation (layers.ImageStandardization) before the first conv.
+    input_norm: str = _c("none", choices=("none", "image"))
     # Groups of GroupNormalization (reduced to a divisor of the channel count where needed).
     norm_groups: int = _c(8, min=1)
     pooling: str = _c("avg", choices=("avg", "max"))
@@ -107,6 +109,9 @@ class ModelConfig:
             problems.append(("seg_head", f"architecture {arch} has no segmentation head (hybrids: {list(HYBRIDS)})"))
         if self.seg_loss_weight > 0 and not self.seg_head:
             problems.append(("seg_loss_weight", "is > 0 but seg_head is false"))
+        if arch in ("resnet50", "resnet50_unet", "keras_config") and (self.norm == "ws" or self.input_norm != "none"):
+            key = "norm" if self.norm == "ws" else "input_norm"
+            problems.append((key, f"norm: ws and input_norm: image are built by small_cnn / resnet_unet_small only, not {arch}"))
         if arch in ("resnet50", "resnet50_unet") and (self.input_size % RESNET50_STRIDE or self.input_size < 32):
             problems.append(("input_size", f"ResNet-50 needs a multiple of {RESNET50_STRIDE} (>= 32), got {self.input_size}"))
         if arch == "resnet_unet_small":

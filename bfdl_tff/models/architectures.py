@@ -114,7 +114,24 @@ def _classification_head(cfg: "ModelConfig", features: Any) -> Any:
         x = tf.keras.layers.Dense(cfg.head_units, activation="relu", name="head_hidden")(x)
         if cfg.dropout > 0:
             x = tf.keras.layers.Dropout(cfg.dropout, name="head_hidden_dropout")(x)
-    return tf.keras.layers.Dense(cfg.num_findings, activation="sigmoid", dtype="float32", name="findings")(x)
+    return tf.keras.layers.Dense(cfg.num_findings, activation="sigmoid", dtype="float32", name="findings",
+                                 bias_initializer=_output_bias(cfg))(x)
+
+
+def _output_bias(cfg: "ModelConfig") -> Any:
+    """``output_bias: prior``: the findings' biases start at the log-odds of the public NIH
+    prevalences (chestxray14_label_stats.json), so training does not first spend its steps on
+    learning the label priors (a public statistic: no privacy cost)."""
+    tf = _tf()
+    if cfg.output_bias != "prior" or cfg.num_findings != 14:
+        return "zeros"
+    import math
+
+    from bfdl_tff.data.labels import FINDINGS
+    from bfdl_tff.data.synth import load_label_stats
+
+    prev = load_label_stats()["per_label_prevalence"]
+    return tf.keras.initializers.Constant([math.log(prev[f] / (1 - prev[f])) for f in FINDINGS])
 
 
 def _unet_decoder(cfg: "ModelConfig", bottleneck: Any, skips: list[Any], filters: list[int]) -> Any:

@@ -83,6 +83,8 @@ class ModelConfig:
     norm_groups: int = _c(8, min=1)
     pooling: str = _c("avg", choices=("avg", "max"))
     dropout: float = _c(0.0, min=0.0, max=0.95)
+    # Initial bias of the 14 outputs: zeros, or the log-odds of the public NIH prevalences.
+    output_bias: str = _c("zero", choices=("zero", "prior"))
     # Hidden units of the classification head before the 14 sigmoid outputs (0: none).
     head_units: int = _c(0, min=0)
     # Segmentation head (hybrids only): active when seg_head and seg_loss_weight > 0.

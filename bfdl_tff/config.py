@@ -138,10 +138,13 @@ class PrivacyConfig:
     per_hospital_noise: bool = True
     # Optimiser of the private arm's clients (and server) when they differ from federated.*:
     # "" / 0 / -1 = inherit federated.client_optimizer / client_lr / client_momentum / server_lr.
+    # Expected images per DP-SGD step (q_k = batch_size / n_k); 0 = federated.batch_size.
+    batch_size: int = _c(0, min=0)
     client_optimizer: str = _c("", choices=("", "sgd", "adam"))
     client_lr: float = _c(0.0, min=0.0)
     client_momentum: float = _c(-1.0, min=-1.0, max=1.0)
     server_lr: float = _c(0.0, min=0.0)
+    server_momentum: float = _c(-1.0, min=-1.0, max=1.0)
 
 
 @dataclass

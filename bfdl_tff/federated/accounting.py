@@ -257,7 +257,7 @@ class PrivacySchedule:
         """Keyword arguments of ``dp_sgd.round_dataset`` for hospital ``name`` (hospital-side)."""
         h = self.hospital(name)
         return {"noise_multiplier": h.noise_multiplier, "unit": self.unit,
-                "max_images_per_patient": self.max_images_per_patient}
+                "max_images_per_patient": self.max_images_per_patient, "dp_batch_size": self.batch_size}
 
     def hospital_epsilon(self, k: int, rounds_done: int, *, noise_multiplier: float | None = None) -> float:
         if rounds_done <= 0:
@@ -379,7 +379,7 @@ def schedule_for_config(cfg: Any, num_examples: Mapping[str, int], *, source: st
         rounds=cfg.federated.rounds,
         num_clients=k,
         clients_per_round=cpr,
-        batch_size=cfg.federated.batch_size,
+        batch_size=(getattr(p, "batch_size", 0) or cfg.federated.batch_size) if mode == "sample" else cfg.federated.batch_size,
         local_epochs=cfg.federated.local_epochs,
         num_examples=n_k,
         unit=unit if mode == "sample" else "image",

@@ -145,12 +145,13 @@ def poisson_dp_sgd_dataset(
 
 def round_dataset(image_set: Any, *, batch_size: int, local_epochs: int, rng: np.random.Generator,
                   with_masks: bool = False, noise_multiplier: float = 0.0, unit: str = "image",
-                  max_images_per_patient: int = 0) -> tf.data.Dataset:
+                  max_images_per_patient: int = 0, dp_batch_size: int = 0) -> tf.data.Dataset:
     """One hospital's DP-SGD steps for one round from its training ``ImageSet`` (hospital-side).
 
-    The privacy keywords come from ``PrivacySchedule.dp_sgd_kwargs(hospital)``."""
+    The privacy keywords come from ``PrivacySchedule.dp_sgd_kwargs(hospital)``; ``dp_batch_size``
+    (the private arm's own expected batch, ``privacy.batch_size``) replaces ``batch_size`` when > 0."""
     y = (image_set.y, image_set.mask) if with_masks else image_set.y
-    return poisson_dp_sgd_dataset(image_set.x, y, batch_size=batch_size, local_epochs=local_epochs, rng=rng,
+    return poisson_dp_sgd_dataset(image_set.x, y, batch_size=dp_batch_size or batch_size, local_epochs=local_epochs, rng=rng,
                                   patient_ids=image_set.patient_ids, unit=unit,
                                   max_images_per_patient=max_images_per_patient, noise_multiplier=noise_multiplier)
 
@@ -203,8 +204,8 @@ def _keras_and_weights(model_fn: Callable[[], Any], keras_model_fn: Callable[[],
     """(Keras model or None, inference-mode predict, ``ModelWeights`` in ``model_fn``'s order)."""
     if keras_model_fn is not None:
         km = keras_model_fn()
-        mw = tff.learning.models.ModelWeights(trainable=tuple(km.trainable_weights),
-                                              non_trainable=tuple(km.non_trainable_weights))
+        mw = tff.learning.models.ModelWeights(trainable=list(km.trainable_weights),
+                                              non_trainable=list(km.non_trainable_weights))
         return km, (lambda x: km(x, training=False)), mw
     model = model_fn()
     km = getattr(model, "_keras_model", None)  # TFF 0.87's from_keras_model wrapper

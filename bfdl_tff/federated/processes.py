@@ -67,17 +67,18 @@ def make_optimizer(name: str, *, learning_rate: float, momentum: float = 0.0) ->
 
 def arm_optimizers(cfg: Any) -> tuple[tff.learning.optimizers.Optimizer, tff.learning.optimizers.Optimizer]:
     """(client, server) optimizers of ``cfg.arm``: ``federated.*``, with the private arm's own
-    settings (``privacy.client_optimizer`` / ``client_lr`` / ``client_momentum`` / ``server_lr``,
-    where set) when ``cfg.arm == "bfdl"`` trains with differential privacy (issue 14.2: the noise
-    calls for its own learning rate and momentum)."""
+    settings (``privacy.client_optimizer`` / ``client_lr`` / ``client_momentum`` / ``server_lr`` /
+    ``server_momentum``, where set) when ``cfg.arm == "bfdl"`` trains with differential privacy
+    (issue 14.2: the noise calls for its own learning rates and momenta)."""
     f, p = cfg.federated, cfg.privacy
     private = cfg.arm == "bfdl" and p.mode != "none"
     name = (p.client_optimizer or f.client_optimizer) if private else f.client_optimizer
     lr = (p.client_lr or f.client_lr) if private else f.client_lr
     momentum = p.client_momentum if private and p.client_momentum >= 0 else f.client_momentum
     server_lr = (p.server_lr or f.server_lr) if private else f.server_lr
+    server_momentum = p.server_momentum if private and p.server_momentum >= 0 else f.server_momentum
     return (make_optimizer(name, learning_rate=lr, momentum=momentum),
-            make_optimizer(f.server_optimizer, learning_rate=server_lr, momentum=f.server_momentum))
+            make_optimizer(f.server_optimizer, learning_rate=server_lr, momentum=server_momentum))
 
 
 @dataclass

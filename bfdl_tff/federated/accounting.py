@@ -19,7 +19,7 @@ delta, accountant or sampling scheme. This module makes each of those explicit, 
   Poisson-subsampled Gaussian for both units (the rate and the number of steps do not depend on
   the unit); only the neighbouring relation, the ``delta < 1 / units`` condition and the DP-SGD
   denominator (expected units per step) differ. Each hospital's noise multiplier is calibrated
-  from its own ``n_k`` and steps (:class:`PrivacySchedule` with ``per_hospital``), so every
+  from its own ``n_k`` and steps (:class:`PrivacySchedule` with ``calibrate_per_hospital``), so every
   hospital ends at the target epsilon. The hospitals' datasets are disjoint, so by parallel
   composition the guarantee for any one patient is that of its own hospital; the run reports the
   maximum over hospitals. Secure summation and averaging are post-processing.
@@ -229,7 +229,7 @@ class PrivacySchedule:
     hospitals: tuple[str, ...] = ()
     num_units: tuple[int, ...] = ()
     noise_multipliers: tuple[float, ...] = ()
-    per_hospital: bool = False
+    calibrate_per_hospital: bool = False
     max_images_per_patient: int = 0
 
     # --- per hospital -------------------------------------------------------------------------
@@ -326,8 +326,8 @@ class PrivacySchedule:
 
     def calibrated(self, target_epsilon: float, *, max_noise_multiplier: float = 100.0) -> "PrivacySchedule":
         """The schedule with noise calibrated to ``target_epsilon``: one shared multiplier, or with
-        ``per_hospital`` (sample mode) each hospital's own, from its own ``n_k`` and steps."""
-        if self.mode == "sample" and self.per_hospital:
+        ``calibrate_per_hospital`` (sample mode) each hospital's own, from its own ``n_k`` and steps."""
+        if self.mode == "sample" and self.calibrate_per_hospital:
             zs = []
             for k in range(len(self.num_examples)):
                 try:
@@ -385,7 +385,7 @@ def schedule_for_config(cfg: Any, num_examples: Mapping[str, int], *, source: st
         unit=unit if mode == "sample" else "image",
         hospitals=names,
         num_units=units,
-        per_hospital=bool(getattr(p, "per_hospital_noise", True)) and mode == "sample",
+        calibrate_per_hospital=bool(getattr(p, "per_hospital_noise", True)) and mode == "sample",
         max_images_per_patient=int(getattr(p, "max_images_per_patient", 0)),
     )
     if mode == "none":

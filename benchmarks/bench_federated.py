@@ -67,6 +67,54 @@ def _build(cfg, bundle):
     return fedavg, fedavg_sec, dpsgd
 
 
+def _time_native(fedavg, dpsgd, mw, keras_model, names, batches, dp_steps, rounds):
+    """Interleaved rounds: Keras fit, TFF per-hospital round, TFF process.next, TFF DP-SGD round."""
+    from bfdl_tff import tff_runtime
+    from bfdl_tff.federated import processes
+
+    times: dict[str, list[float]] = {k: [] for k in ("keras", "tff_per_hospital", "tff_composed", "tff_dp_sgd")}
+    dp_images: list[int] = []
+    with tff_runtime.execution_context("native"):
+        trainers = {k: processes.FederatedTrainer(a) for k, a in (("fed", fedavg), ("dp", dpsgd))}
+        states = {k: tr.initialize(mw) for k, tr in trainers.items()}
+        for r in range(rounds + 1):
+            data, dpd = batches(r), dp_steps(r)
+            t0 = time.perf_counter()
+            for n in names:
+                keras_model.fit(data[n], epochs=1, verbose=0)
+            times["keras"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            states["fed"] = trainers["fed"].run_round(states["fed"], data).state
+            times["tff_per_hospital"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            states["fed"] = trainers["fed"].algorithm.process.next(states["fed"], list(data.values())).state
+            times["tff_composed"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            out = trainers["dp"].run_round(states["dp"], dpd)
+            times["tff_dp_sgd"].append(time.perf_counter() - t0)
+            states["dp"] = out.state
+            dp_images.append(int(sum(c.metrics.get("train/num_examples", 0) for c in out.clients.values())))
+    return times, dp_images
+
+
+def _time_secure(fedavg, fedavg_sec, mw, batches, rounds):
+    """Interleaved rounds in TFF's test context: plain weighted mean vs secure sum."""
+    from bfdl_tff import tff_runtime
+    from bfdl_tff.federated import processes
+
+    sec: dict[str, list[float]] = {"plain_mean": [], "secure_sum": []}
+    with tff_runtime.execution_context("test"):
+        trs = {"plain_mean": processes.FederatedTrainer(fedavg), "secure_sum": processes.FederatedTrainer(fedavg_sec)}
+        sts = {k: tr.initialize(mw) for k, tr in trs.items()}
+        for r in range(rounds + 1):
+            data = batches(r)
+            for k, tr in trs.items():
+                t0 = time.perf_counter()
+                sts[k] = tr.run_round(sts[k], data).state
+                sec[k].append(time.perf_counter() - t0)
+    return sec
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="default")
@@ -77,7 +125,6 @@ def main(argv=None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    from bfdl_tff import tff_runtime
     from bfdl_tff.config import load_config, resolve_experiment_config
     from bfdl_tff.data.loader import make_dataset
     from bfdl_tff.federated import dp_sgd, model_bridge, processes
@@ -112,38 +159,8 @@ def main(argv=None) -> int:
                                         max_images_per_patient=cfg.privacy.max_images_per_patient)
                 for n, s in zip(names, sets)}
 
-    times: dict[str, list[float]] = {k: [] for k in ("keras", "tff_per_hospital", "tff_composed", "tff_dp_sgd")}
-    dp_images: list[int] = []
-    with tff_runtime.execution_context("native"):
-        trainers = {k: processes.FederatedTrainer(a) for k, a in (("fed", fedavg), ("dp", dpsgd))}
-        states = {k: tr.initialize(mw) for k, tr in trainers.items()}
-        for r in range(args.rounds + 1):
-            data, dpd = batches(r), dp_steps(r)
-            t0 = time.perf_counter()
-            for n in names:
-                keras_model.fit(data[n], epochs=1, verbose=0)
-            times["keras"].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            states["fed"] = trainers["fed"].run_round(states["fed"], data).state
-            times["tff_per_hospital"].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            states["fed"] = trainers["fed"].algorithm.process.next(states["fed"], list(data.values())).state
-            times["tff_composed"].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            out = trainers["dp"].run_round(states["dp"], dpd)
-            times["tff_dp_sgd"].append(time.perf_counter() - t0)
-            states["dp"] = out.state
-            dp_images.append(int(sum(c.metrics.get("train/num_examples", 0) for c in out.clients.values())))
-    sec: dict[str, list[float]] = {"plain_mean": [], "secure_sum": []}
-    with tff_runtime.execution_context("test"):
-        trs = {"plain_mean": processes.FederatedTrainer(fedavg), "secure_sum": processes.FederatedTrainer(fedavg_sec)}
-        sts = {k: tr.initialize(mw) for k, tr in trs.items()}
-        for r in range(args.rounds + 1):
-            data = batches(r)
-            for k, tr in trs.items():
-                t0 = time.perf_counter()
-                sts[k] = tr.run_round(sts[k], data).state
-                sec[k].append(time.perf_counter() - t0)
+    times, dp_images = _time_native(fedavg, dpsgd, mw, keras_model, names, batches, dp_steps, args.rounds)
+    sec = _time_secure(fedavg, fedavg_sec, mw, batches, args.rounds)
     images = per * d.hospitals
     med = {k: statistics.median(v[1:]) for k, v in {**times, **{f"test_context_{k}": v for k, v in sec.items()}}.items()}
     ratio = lambda a, b: statistics.median([x / y for x, y in zip(times[a][1:], times[b][1:])])  # noqa: E731

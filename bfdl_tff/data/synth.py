@@ -1,5 +1,9 @@
 """Synthetic stand-in for NIH ChestX-ray14, written in the NIH layout (paper 3.1 data, simulated).
 
+(File length, about 730 lines, over the project's ~600: the twelve finding painters live with the
+generator whose calibrated gains and invisible fractions they use; moving them to a sibling module
+of ``bfdl_tff/data`` is for the data area to decide.)
+
 **Results on this data are not NIH ChestX-ray14 results.** It exists so that CI, reviewers and
 machines without the 45 GB NIH release can run the whole pipeline through the very same loader.
 

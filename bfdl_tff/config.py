@@ -132,14 +132,15 @@ class PrivacyConfig:
     # Sample mode (DP-SGD): the privacy unit. patient: each sampled patient contributes the sum of
     # its images' gradients, clipped as one (guarantee per patient); image: per image.
     unit: str = _c("patient", choices=("patient", "image"))
-    # Images of a sampled patient used per step (drawn without replacement, seeded); 0 = all.
-    max_images_per_patient: int = _c(4, min=0)
+    # Images of a sampled patient used per step (drawn without replacement, seeded); 0 = all. Not a
+    # privacy bound (the patient's summed gradient is clipped whatever its size): it bounds work.
+    max_images_per_patient: int = _c(0, min=0)
     # Calibrate each hospital's noise multiplier from its own n_k and steps (else one shared).
     per_hospital_noise: bool = True
-    # Optimiser of the private arm's clients (and server) when they differ from federated.*:
-    # "" / 0 / -1 = inherit federated.client_optimizer / client_lr / client_momentum / server_lr.
     # Expected images per DP-SGD step (q_k = batch_size / n_k); 0 = federated.batch_size.
     batch_size: int = _c(0, min=0)
+    # Optimiser of the private arm's clients and server when they differ from federated.*:
+    # "" / 0 / -1 = inherit client_optimizer / client_lr / client_momentum / server_lr / server_momentum.
     client_optimizer: str = _c("", choices=("", "sgd", "adam"))
     client_lr: float = _c(0.0, min=0.0)
     client_momentum: float = _c(-1.0, min=-1.0, max=1.0)

@@ -70,7 +70,7 @@ def test_patient_level_denominator_counts_patients():
     assert h.sampling_rate == pytest.approx(0.016)
     assert h.expected_units_per_step == pytest.approx(4.0)  # q * patients, not the 16 images
     assert s.dp_sgd_kwargs("hospital_a") == {"noise_multiplier": h.noise_multiplier, "unit": "patient",
-                                             "max_images_per_patient": 4, "dp_batch_size": 16}
+                                             "max_images_per_patient": 0, "dp_batch_size": 16}
     cfg = _cfg(unit="patient", batch_size=64)  # the private arm's own batch
     s64 = acc.schedule_for_config(cfg, {"hospital_a": 1000}, source="t", num_patients={"hospital_a": 250})
     assert s64.hospital(0).sampling_rate == pytest.approx(0.064) and s64.dp_sgd_kwargs("hospital_a")["dp_batch_size"] == 64

@@ -1,167 +1,182 @@
-"""Benchmarks of the federated core (prints numbers; no asserts).
+"""Benchmarks of the federated core at the default profile's size (prints numbers; no asserts).
 
-1. Per-round wall time of the ``federated`` arm (TFF weighted FedAvg, one TFF computation per
-   hospital + the aggregation, as the runner does; and TFF's composed ``process.next``) versus
-   plain Keras training of the same model on the same examples (each hospital's local epoch run
-   one after the other with ``model.fit``). Target: TFF <= 1.25x Keras.
-2. DP-SGD step time (vectorised per-example gradients + clipping + noise) versus a non-private
-   step of the same model and batch, in plain TensorFlow; and a DP-SGD TFF round versus a FedAvg
-   round. Target: <= 2.5x.
-3. Secure-sum overhead per round: FedAvg with ``SecureSumFactory`` (test context) versus the plain
-   weighted mean, in the same (test) context and in the native context.
+1. Round wall time of the ``federated`` arm (TFF weighted FedAvg, one TFF computation per hospital
+   + the aggregation, as the runner does; and TFF's composed ``process.next``) versus plain Keras
+   training of the same model on the same examples (each hospital's local epoch, one after the
+   other, ``model.fit`` with the same optimizer and batch). Target (issue 14): TFF <= 1.25x Keras.
+2. The ``bfdl`` arm's DP-SGD round (patient-level Poisson sampling, fast clipping, per-hospital
+   noise) versus the FedAvg round; secure sum in the test context versus the plain mean.
+3. Images per second per arm: centralized (Keras fit on the pooled images), federated (TFF round),
+   bfdl (TFF DP-SGD round, images actually sampled).
 
-Usage: ``.venv/bin/python benchmarks/bench_federated.py [--rounds 5] [--per-hospital 160] [--size 64]``
+Rounds of the variants are interleaved (the machine is shared; every variant sees the same load).
+The data are random images of the default profile's size (``--per-hospital`` images per hospital,
+NIH-like images-per-patient groups), so learning is not measured here.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_federated.py [--config default] [--rounds 4] > out.txt
 (redirect output to a file: TFF's worker process keeps pipes open).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _med(xs):
-    return statistics.median(xs)
+def _hospitals(sizes, *, size: int, seed: int):
+    """Random images with NIH-like patients (1 image: 60 %, up to 10) per hospital."""
+    import numpy as np
+
+    from bfdl_tff.data.loader import ImageSet
+
+    rng = np.random.default_rng(seed)
+    out, pid0 = [], 0
+    for n in sizes:
+        per = rng.choice([1, 1, 1, 1, 1, 1, 2, 2, 3, 4, 6, 10], size=n)
+        pid = np.repeat(np.arange(pid0, pid0 + n), per)[:n]
+        pid0 += n
+        x = rng.random((n, size, size, 1)).astype(np.float32)
+        y = (rng.random((n, 14)) < 0.1).astype(np.float32)
+        out.append(ImageSet(images=[f"{i:08d}_000.png" for i in range(n)], patient_ids=pid, x=x, y=y))
+    return out
+
+
+def _build(cfg, bundle):
+    from bfdl_tff.federated import processes
+
+    client_opt, server_opt = processes.arm_optimizers(cfg)
+    fedavg = processes.build_fedavg(bundle.model_fn, client_optimizer=client_opt, server_optimizer=server_opt)
+    fedavg_sec = processes.build_fedavg(bundle.model_fn, client_optimizer=client_opt, server_optimizer=server_opt,
+                                        secure_sum=True)
+    dp_cfg = dataclasses.replace(cfg, arm="bfdl")
+    dp_client, dp_server = processes.arm_optimizers(dp_cfg)
+    dpsgd = processes.build_dp_sgd_fedavg(
+        bundle.model_fn, per_example_loss=bundle.per_example_loss, batch_spec=bundle.batch_spec,
+        client_optimizer=dp_client, server_optimizer=dp_server, noise_multiplier=1.0, l2_clip=cfg.privacy.l2_clip,
+        batch_size=cfg.federated.batch_size, secure_sum=False, keras_model_fn=bundle.keras,
+    )
+    return fedavg, fedavg_sec, dpsgd
+
+
+def _time_native(fedavg, dpsgd, mw, keras_model, names, batches, dp_steps, rounds):
+    """Interleaved rounds: Keras fit, TFF per-hospital round, TFF process.next, TFF DP-SGD round."""
+    from bfdl_tff import tff_runtime
+    from bfdl_tff.federated import processes
+
+    times: dict[str, list[float]] = {k: [] for k in ("keras", "tff_per_hospital", "tff_composed", "tff_dp_sgd")}
+    dp_images: list[int] = []
+    with tff_runtime.execution_context("native"):
+        trainers = {k: processes.FederatedTrainer(a) for k, a in (("fed", fedavg), ("dp", dpsgd))}
+        states = {k: tr.initialize(mw) for k, tr in trainers.items()}
+        for r in range(rounds + 1):
+            data, dpd = batches(r), dp_steps(r)
+            t0 = time.perf_counter()
+            for n in names:
+                keras_model.fit(data[n], epochs=1, verbose=0)
+            times["keras"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            states["fed"] = trainers["fed"].run_round(states["fed"], data).state
+            times["tff_per_hospital"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            states["fed"] = trainers["fed"].algorithm.process.next(states["fed"], list(data.values())).state
+            times["tff_composed"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            out = trainers["dp"].run_round(states["dp"], dpd)
+            times["tff_dp_sgd"].append(time.perf_counter() - t0)
+            states["dp"] = out.state
+            dp_images.append(int(sum(c.metrics.get("train/num_examples", 0) for c in out.clients.values())))
+    return times, dp_images
+
+
+def _time_secure(fedavg, fedavg_sec, mw, batches, rounds):
+    """Interleaved rounds in TFF's test context: plain weighted mean vs secure sum."""
+    from bfdl_tff import tff_runtime
+    from bfdl_tff.federated import processes
+
+    sec: dict[str, list[float]] = {"plain_mean": [], "secure_sum": []}
+    with tff_runtime.execution_context("test"):
+        trs = {"plain_mean": processes.FederatedTrainer(fedavg), "secure_sum": processes.FederatedTrainer(fedavg_sec)}
+        sts = {k: tr.initialize(mw) for k, tr in trs.items()}
+        for r in range(rounds + 1):
+            data = batches(r)
+            for k, tr in trs.items():
+                t0 = time.perf_counter()
+                sts[k] = tr.run_round(sts[k], data).state
+                sec[k].append(time.perf_counter() - t0)
+    return sec
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--per-hospital", type=int, default=160)
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--model", default="small_cnn")
+    ap.add_argument("--config", default="default")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--per-hospital", type=int, default=0, help="default: the profile's mean training images per hospital")
     args = ap.parse_args(argv)
 
     import numpy as np
     import tensorflow as tf
 
-    from bfdl_tff import tff_runtime
-    from bfdl_tff.federated import dp_sgd, model_bridge, processes, testing
-    from bfdl_tff.models import registry
+    from bfdl_tff.config import load_config, resolve_experiment_config
+    from bfdl_tff.data.loader import make_dataset
+    from bfdl_tff.federated import dp_sgd, model_bridge, processes
+    from bfdl_tff.models import losses, registry
 
-    results: dict = {"setting": vars(args), "cpu_count": os.cpu_count()}
-    mcfg = registry.load_model_config(args.model, input_size=args.size)
+    cfg = load_config(resolve_experiment_config(args.config))
+    f = cfg.federated
+    d = cfg.data
+    per = args.per_hospital or int(d.synth_images * (1 - d.test_fraction) * (1 - d.val_fraction) / d.hospitals)
+    mcfg = registry.load_model_config(cfg.model.config, **cfg.model.overrides)
     bundle = model_bridge.build_bundle(mcfg)
-    fed = testing.toy_federation((args.per_hospital,) * 3, size=args.size, seed=0)
-    B = args.batch
-    opt = lambda lr: processes.make_optimizer("sgd", learning_rate=lr)  # noqa: E731
-
+    sets = _hospitals([per] * d.hospitals, size=mcfg.input_size, seed=0)
+    names = [f"hospital_{chr(97 + k)}" for k in range(d.hospitals)]
+    results: dict = {"config": str(resolve_experiment_config(args.config)), "model": mcfg.name, "per_hospital": per,
+                     "hospitals": d.hospitals, "batch": f.batch_size, "cpu_count": os.cpu_count()}
     t = time.perf_counter()
-    fedavg = processes.build_fedavg(bundle.model_fn, client_optimizer=opt(0.05), server_optimizer=opt(1.0))
-    fedavg_sec = processes.build_fedavg(bundle.model_fn, client_optimizer=opt(0.05), server_optimizer=opt(1.0), secure_sum=True)
-    dpsgd = processes.build_dp_sgd_fedavg(
-        bundle.model_fn, per_example_loss=bundle.per_example_loss, batch_spec=bundle.batch_spec,
-        client_optimizer=opt(0.05), server_optimizer=opt(1.0), noise_multiplier=1.0, l2_clip=1.0, batch_size=B, secure_sum=False,
-    )
-    results["build_s_4_processes"] = time.perf_counter() - t
+    fedavg, fedavg_sec, dpsgd = _build(cfg, bundle)
+    results["build_s_3_processes"] = round(time.perf_counter() - t, 1)
     init = bundle.keras(seed=0)
     mw = processes.KerasOrder(init).from_keras(init.get_weights())
+    keras_model = bundle.keras()
+    loss, _ = losses.build_loss(mcfg)
+    keras_opt = model_bridge.keras_optimizer(f.client_optimizer, learning_rate=f.client_lr, momentum=f.client_momentum)
+    keras_model.compile(optimizer=keras_opt, loss=loss)
 
-    def datasets(r):
-        return {n: tf.data.Dataset.from_tensor_slices((fed.train[n].x, fed.train[n].y)).shuffle(args.per_hospital, seed=r).batch(B) for n in fed.names}
+    def batches(r):
+        return {n: make_dataset(s, batch_size=f.batch_size, shuffle_seed=r) for n, s in zip(names, sets)}
 
-    def dp_datasets(r):
-        return {n: dp_sgd.poisson_dp_sgd_dataset(fed.train[n].x, fed.train[n].y, batch_size=B, local_epochs=1, rng=np.random.default_rng(r)) for n in fed.names}
+    def dp_steps(r):
+        return {n: dp_sgd.round_dataset(s, batch_size=f.batch_size, local_epochs=1, rng=np.random.default_rng(r),
+                                        noise_multiplier=1.0, unit=cfg.privacy.unit,
+                                        max_images_per_patient=cfg.privacy.max_images_per_patient)
+                for n, s in zip(names, sets)}
 
-    def time_rounds(trainer, make, *, composed=False):
-        state = trainer.initialize(mw)
-        times = []
-        for r in range(args.rounds + 1):
-            data = make(r)
-            t0 = time.perf_counter()
-            if composed:
-                state = trainer.algorithm.process.next(state, list(data.values())).state
-            else:
-                state = trainer.run_round(state, data).state
-            times.append(time.perf_counter() - t0)
-        return times[1:]  # first round includes one-off tracing
-
-    with tff_runtime.execution_context("native"):
-        tr = processes.FederatedTrainer(fedavg)
-        fed_split = time_rounds(tr, datasets)
-        fed_comp = time_rounds(tr, datasets, composed=True)
-        dp_round = time_rounds(processes.FederatedTrainer(dpsgd), dp_datasets)
-    with tff_runtime.execution_context("test"):
-        fed_test_plain = time_rounds(processes.FederatedTrainer(fedavg), datasets)
-        fed_test_secure = time_rounds(processes.FederatedTrainer(fedavg_sec), datasets)
-
-    # Plain Keras on the same examples: each hospital's local epoch, one after another.
-    model = bundle.keras()
-    model.set_weights(init.get_weights())
-    loss, _ = __import__("bfdl_tff.models.losses", fromlist=["build_loss"]).build_loss(mcfg)
-    model.compile(optimizer=tf.keras.optimizers.SGD(0.05), loss=loss)
-    keras_times = []
-    for r in range(args.rounds + 1):
-        data = datasets(r)
-        t0 = time.perf_counter()
-        for n in fed.names:
-            model.fit(data[n], epochs=1, verbose=0)
-        keras_times.append(time.perf_counter() - t0)
-    keras_times = keras_times[1:]
-
-    results["round_s"] = {
-        "keras_same_examples": _med(keras_times),
-        "tff_fedavg_per_hospital_computations": _med(fed_split),
-        "tff_fedavg_composed_process_next": _med(fed_comp),
-        "tff_dp_sgd_round": _med(dp_round),
-        "tff_fedavg_test_context_plain_mean": _med(fed_test_plain),
-        "tff_fedavg_test_context_secure_sum": _med(fed_test_secure),
+    times, dp_images = _time_native(fedavg, dpsgd, mw, keras_model, names, batches, dp_steps, args.rounds)
+    sec = _time_secure(fedavg, fedavg_sec, mw, batches, args.rounds)
+    images = per * d.hospitals
+    med = {k: statistics.median(v[1:]) for k, v in {**times, **{f"test_context_{k}": v for k, v in sec.items()}}.items()}
+    ratio = lambda a, b: statistics.median([x / y for x, y in zip(times[a][1:], times[b][1:])])  # noqa: E731
+    results["round_s_median"] = {k: round(v, 3) for k, v in med.items()}
+    results["ratios_median_of_rounds"] = {
+        "tff_per_hospital_vs_keras": round(ratio("tff_per_hospital", "keras"), 3),
+        "tff_composed_vs_keras": round(ratio("tff_composed", "keras"), 3),
+        "dp_sgd_round_vs_fedavg_round": round(ratio("tff_dp_sgd", "tff_per_hospital"), 3),
+        "secure_sum_vs_plain_mean_test_context": round(med["test_context_secure_sum"] / med["test_context_plain_mean"], 3),
     }
-    results["ratios"] = {
-        "tff_per_hospital_vs_keras": _med(fed_split) / _med(keras_times),
-        "tff_composed_vs_keras": _med(fed_comp) / _med(keras_times),
-        "dp_sgd_round_vs_fedavg_round": _med(dp_round) / _med(fed_split),
-        "secure_sum_overhead_s_per_round": _med(fed_test_secure) - _med(fed_test_plain),
-        "secure_sum_vs_plain_same_context": _med(fed_test_secure) / _med(fed_test_plain),
+    results["images_per_s"] = {
+        "centralized_keras_fit": round(images / med["keras"]),
+        "federated_tff_round": round(images / med["tff_per_hospital"]),
+        "bfdl_tff_dp_sgd_round": round(statistics.median(dp_images[1:]) / med["tff_dp_sgd"]),
     }
-
-    # DP-SGD step vs non-private step, plain TF (same model, batch, data).
-    m = bundle.keras()
-    x = tf.constant(fed.train[fed.names[0]].x[:B])
-    y = tf.constant(fed.train[fed.names[0]].y[:B])
-    vars_ = m.trainable_variables
-    bce = tf.keras.losses.BinaryCrossentropy()
-    sgd = tf.keras.optimizers.SGD(0.05)
-
-    @tf.function
-    def plain_step():
-        with tf.GradientTape() as tape:
-            lo = bce(y, m(x, training=True))
-        sgd.apply_gradients(zip(tape.gradient(lo, vars_), vars_))
-
-    @tf.function
-    def dp_step():
-        def per_example(ex):
-            xi, yi = ex
-            with tf.GradientTape() as tape:
-                lo = bundle.per_example_loss(yi[None], m(xi[None], training=False))
-            g = tape.gradient(lo, vars_)
-            norm = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(t)) for t in g]))
-            f = tf.minimum(1.0, 1.0 / tf.maximum(norm, 1e-12))
-            return [t * f for t in g]
-
-        gs = tf.vectorized_map(per_example, (x, y))
-        noisy = [(tf.reduce_sum(g, 0) + tf.random.normal(tf.shape(g)[1:], stddev=1.0)) / B for g in gs]
-        sgd.apply_gradients(zip(noisy, vars_))
-
-    def bench(fn, n=30):
-        fn()
-        ts = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return _med(ts)
-
-    sp, sd = bench(plain_step), bench(dp_step)
-    results["step_s"] = {"keras_plain_step": sp, "dp_sgd_vectorized_step": sd, "ratio": sd / sp, "batch": B}
+    results["targets"] = "tff_per_hospital_vs_keras <= 1.25 (issue 14)"
     print(json.dumps(results, indent=2))
     sys.stdout.flush()
     return 0

@@ -71,6 +71,10 @@ class DataConfig:
     synth_site_shift: bool = True
     # Acquisition sites of the synthetic source; 0 = one site per hospital.
     synth_sites: int = _c(0, min=0, max=26)
+    # Global factor on the generator's calibrated per-finding signal (synth.FINDING_GAINS; 1 = the
+    # calibration of docs/sweeps.md) and the enrichment of rare findings (0 = real prevalence).
+    synth_signal: float = _c(1.0, gt=0.0, max=5.0)
+    synth_min_prevalence: float = _c(0.0, min=0.0, max=0.05)
     # Optional held-out test list (one image name per line, first token used; e.g. the official
     # NIH test_list.txt). Empty: a seeded patient-level test_fraction.
     test_list: str = ""
@@ -141,6 +145,23 @@ class PrivacyConfig:
     target_unclipped_quantile: float = _c(0.5, gt=0.0, max=1.0)
     clip_learning_rate: float = _c(0.2, gt=0.0)
     clipped_count_stddev: float = _c(0.0, min=0.0)
+    # Sample mode (DP-SGD): the privacy unit. patient: each sampled patient contributes the sum of
+    # its images' gradients, clipped as one (guarantee per patient); image: per image.
+    unit: str = _c("patient", choices=("patient", "image"))
+    # Images of a sampled patient used per step (drawn without replacement, seeded); 0 = all. Not a
+    # privacy bound (the patient's summed gradient is clipped whatever its size): it bounds work.
+    max_images_per_patient: int = _c(0, min=0)
+    # Calibrate each hospital's noise multiplier from its own n_k and steps (else one shared).
+    per_hospital_noise: bool = True
+    # Expected images per DP-SGD step (q_k = batch_size / n_k); 0 = federated.batch_size.
+    batch_size: int = _c(0, min=0)
+    # Optimiser of the private arm's clients and server when they differ from federated.*:
+    # "" / 0 / -1 = inherit client_optimizer / client_lr / client_momentum / server_lr / server_momentum.
+    client_optimizer: str = _c("", choices=("", "sgd", "adam"))
+    client_lr: float = _c(0.0, min=0.0)
+    client_momentum: float = _c(-1.0, min=-1.0, max=1.0)
+    server_lr: float = _c(0.0, min=0.0)
+    server_momentum: float = _c(-1.0, min=-1.0, max=1.0)
 
 
 @dataclass

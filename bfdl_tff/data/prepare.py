@@ -55,6 +55,8 @@ def synthetic_root(cfg: DataConfig, *, seed: int) -> Path:
     sites = cfg.synth_sites or cfg.hospitals
     shift = "shift" if cfg.synth_site_shift else "noshift"
     key = f"synth-n{cfg.synth_images}-s{cfg.image_size}-seed{seed}-sites{sites}-{shift}-v{synth.GENERATOR_VERSION}"
+    if cfg.synth_signal != 1.0 or cfg.synth_min_prevalence > 0:
+        key += f"-sig{cfg.synth_signal:g}-minp{cfg.synth_min_prevalence:g}"
     return resolve_path(cfg.root) / key
 
 
@@ -69,7 +71,8 @@ def ensure_synthetic(cfg: DataConfig, *, seed: int) -> tuple[Path, dict[str, Any
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
         info = synth.synthesize(tmp, n_images=cfg.synth_images, size=cfg.image_size, seed=seed,
-                                n_sites=cfg.synth_sites or cfg.hospitals, site_shift=cfg.synth_site_shift)
+                                n_sites=cfg.synth_sites or cfg.hospitals, site_shift=cfg.synth_site_shift,
+                                signal=cfg.synth_signal, min_prevalence=cfg.synth_min_prevalence)
         if root.exists() and not synth.is_complete(root):
             shutil.rmtree(root)  # an old incomplete directory (should not happen: we rename)
         os.chmod(tmp, 0o755)  # mkdtemp creates 0700

@@ -11,11 +11,18 @@ delta, accountant or sampling scheme. This module makes each of those explicit, 
   tutorials); with all hospitals in every round (``q = 1``, the paper's 3 hospitals) there is no
   amplification at all. The neighbouring relation is add/remove one *hospital*.
 * **sample level** (DP-SGD inside each hospital, Abadi et al. 2016): each local step takes a
-  Poisson sample of the hospital's examples with rate ``q = batch_size / n_k`` and adds Gaussian
-  noise to the sum of clipped per-example gradients. The hospitals' datasets are disjoint, so
-  by parallel composition the guarantee for any one patient image is that of its own hospital;
-  the run reports the maximum over hospitals. Secure summation and averaging are
-  post-processing.
+  Poisson sample of the hospital's privacy units with rate ``q_k = batch_size / n_k`` and adds
+  Gaussian noise to the sum of the units' clipped gradients. The unit is the **patient**
+  (``privacy.unit: patient``, the default: a sampled patient contributes the sum of the gradients
+  of its images, clipped as one; neighbouring datasets differ by one patient and all of that
+  patient's images) or the single image (``unit: image``). The accounting is the same
+  Poisson-subsampled Gaussian for both units (the rate and the number of steps do not depend on
+  the unit); only the neighbouring relation, the ``delta < 1 / units`` condition and the DP-SGD
+  denominator (expected units per step) differ. Each hospital's noise multiplier is calibrated
+  from its own ``n_k`` and steps (:class:`PrivacySchedule` with ``calibrate_per_hospital``), so every
+  hospital ends at the target epsilon. The hospitals' datasets are disjoint, so by parallel
+  composition the guarantee for any one patient is that of its own hospital; the run reports the
+  maximum over hospitals. Secure summation and averaging are post-processing.
 
 ``calibrate_noise`` finds the smallest noise multiplier reaching a target epsilon by bisection
 (epsilon is monotone decreasing in the noise multiplier); it raises
@@ -176,8 +183,36 @@ def calibrate_noise(
 
 
 @dataclass(frozen=True)
+class HospitalPrivacy:
+    """One hospital's sample-level DP-SGD parameters (what it needs to train and to account)."""
+
+    name: str
+    num_examples: int  # training images n_k (FedAvg weight; sampling rate q_k = B / n_k)
+    num_units: int  # privacy units: patients P_k (unit = patient) or images (unit = image)
+    noise_multiplier: float
+    sampling_rate: float
+    steps: int
+
+    @property
+    def expected_units_per_step(self) -> float:
+        """The DP-SGD denominator: expected number of sampled units per step, ``q_k * units``."""
+        return self.sampling_rate * self.num_units
+
+
+@dataclass(frozen=True)
 class PrivacySchedule:
-    """Everything needed to report epsilon after any round of a run."""
+    """Everything needed to report epsilon after any round of a run.
+
+    Sample mode: hospital ``k`` samples each of its privacy units (patients, or images with
+    ``unit = image``) with probability ``q_k = min(1, batch_size / n_k)`` at each of its
+    ``rounds * local_epochs * ceil(n_k / batch_size)`` steps, so the expected number of images per
+    step is ``batch_size`` (before the per-patient cap) and one local epoch samples every unit once
+    in expectation. Its epsilon is that of the Poisson-subsampled Gaussian with its own noise
+    multiplier (``noise_multipliers[k]``; calibrated per hospital when ``per_hospital``), with
+    respect to adding or removing one unit. The federation's epsilon is the maximum over hospitals
+    (parallel composition over disjoint data). ``noise_multiplier`` is then the largest
+    per-hospital value (a scalar summary for records that hold one number).
+    """
 
     mode: str  # none | client | sample
     noise_multiplier: float
@@ -189,7 +224,60 @@ class PrivacySchedule:
     batch_size: int = 0
     local_epochs: int = 1
     num_examples: tuple[int, ...] = ()
+    # Sample mode, per hospital (empty: one shared noise multiplier, images as units).
+    unit: str = "image"  # patient | image
+    hospitals: tuple[str, ...] = ()
+    num_units: tuple[int, ...] = ()
+    noise_multipliers: tuple[float, ...] = ()
+    calibrate_per_hospital: bool = False
+    max_images_per_patient: int = 0
 
+    # --- per hospital -------------------------------------------------------------------------
+    def _units(self, k: int) -> int:
+        return self.num_units[k] if self.num_units else self.num_examples[k]
+
+    def _z(self, k: int) -> float:
+        return self.noise_multipliers[k] if self.noise_multipliers else self.noise_multiplier
+
+    def hospital(self, k: int | str) -> HospitalPrivacy:
+        """Hospital ``k`` (index or name) of a sample-mode schedule."""
+        if isinstance(k, str):
+            k = self.hospitals.index(k)
+        n = self.num_examples[k]
+        return HospitalPrivacy(
+            name=self.hospitals[k] if self.hospitals else str(k),
+            num_examples=n,
+            num_units=self._units(k),
+            noise_multiplier=self._z(k),
+            sampling_rate=min(1.0, self.batch_size / n),
+            steps=dp_sgd_steps(num_examples=n, batch_size=self.batch_size, local_epochs=self.local_epochs, rounds=self.rounds),
+        )
+
+    def dp_sgd_kwargs(self, name: str) -> dict[str, Any]:
+        """Keyword arguments of ``dp_sgd.round_dataset`` for hospital ``name`` (hospital-side)."""
+        h = self.hospital(name)
+        return {"noise_multiplier": h.noise_multiplier, "unit": self.unit,
+                "max_images_per_patient": self.max_images_per_patient, "dp_batch_size": self.batch_size}
+
+    def hospital_epsilon(self, k: int, rounds_done: int, *, noise_multiplier: float | None = None) -> float:
+        if rounds_done <= 0:
+            return 0.0
+        n = self.num_examples[k]
+        return sample_level_epsilon(
+            noise_multiplier=self._z(k) if noise_multiplier is None else noise_multiplier,
+            batch_size=self.batch_size,
+            num_examples=n,
+            steps=dp_sgd_steps(num_examples=n, batch_size=self.batch_size, local_epochs=self.local_epochs, rounds=rounds_done),
+            delta=self.delta,
+            accountant=self.accountant,
+        )
+
+    def epsilons_after(self, rounds_done: int) -> dict[str, float]:
+        """Sample mode: each hospital's epsilon after ``rounds_done`` rounds (name -> epsilon)."""
+        names = self.hospitals or tuple(str(k) for k in range(len(self.num_examples)))
+        return {names[k]: self.hospital_epsilon(k, rounds_done) for k in range(len(self.num_examples))}
+
+    # --- the run --------------------------------------------------------------------------------
     def epsilon_after(self, rounds_done: int, *, noise_multiplier: float | None = None) -> float:
         z = self.noise_multiplier if noise_multiplier is None else noise_multiplier
         if self.mode == "none" or rounds_done <= 0:
@@ -204,41 +292,85 @@ class PrivacySchedule:
                 accountant=self.accountant,
             )
         if self.mode == "sample":
-            return federated_sample_level_epsilon(
-                noise_multiplier=z,
-                batch_size=self.batch_size,
-                num_examples=self.num_examples,
-                local_epochs=self.local_epochs,
-                rounds=rounds_done,
-                delta=self.delta,
-                accountant=self.accountant,
-            )
+            zs = [noise_multiplier] * len(self.num_examples) if noise_multiplier is not None else None
+            return max(self.hospital_epsilon(k, rounds_done, noise_multiplier=zs[k] if zs else None)
+                       for k in range(len(self.num_examples)))
         raise ValueError(f"unknown privacy mode {self.mode!r}")
+
+    def note(self) -> str:
+        """One line on what the epsilon protects (summary.json's ``privacy_note``)."""
+        if self.mode == "client":
+            return "client-level (add/remove one hospital) DP-FedAvg, unweighted mean of clipped updates"
+        if self.mode == "sample":
+            who = "one patient (all of the patient's images)" if self.unit == "patient" else "one image"
+            return (f"sample-level (add/remove {who}) DP-SGD with Poisson sampling in each hospital, "
+                    "noise calibrated per hospital; epsilon = max over hospitals")
+        return "no differential privacy"
 
     def to_record(self) -> dict:
         """What the run directory's ``privacy.json`` holds (read by attacks, audit, report)."""
         rec = dict(self.__dict__)
-        rec["num_examples"] = list(self.num_examples)
+        for key in ("num_examples", "hospitals", "num_units", "noise_multipliers"):
+            rec[key] = list(rec[key])
         rec["epsilon"] = self.epsilon_after(self.rounds) if self.mode != "none" else None
+        if self.mode == "sample":
+            eps = self.epsilons_after(self.rounds)
+            rec["per_hospital"] = [
+                {"hospital": h.name, "num_examples": h.num_examples, "units": self.unit, "num_units": h.num_units,
+                 "noise_multiplier": h.noise_multiplier, "sampling_rate": h.sampling_rate, "steps": h.steps,
+                 "expected_units_per_step": h.expected_units_per_step, "epsilon": eps[h.name], "delta": self.delta}
+                for h in (self.hospital(k) for k in range(len(self.num_examples)))
+            ]
+        rec["note"] = self.note()
         return rec
 
     def calibrated(self, target_epsilon: float, *, max_noise_multiplier: float = 100.0) -> "PrivacySchedule":
+        """The schedule with noise calibrated to ``target_epsilon``: one shared multiplier, or with
+        ``calibrate_per_hospital`` (sample mode) each hospital's own, from its own ``n_k`` and steps."""
+        if self.mode == "sample" and self.calibrate_per_hospital:
+            zs = []
+            for k in range(len(self.num_examples)):
+                try:
+                    zs.append(calibrate_noise(
+                        target_epsilon, self.delta,
+                        epsilon_fn=lambda z, k=k: self.hospital_epsilon(k, self.rounds, noise_multiplier=z),
+                        max_noise_multiplier=max_noise_multiplier,
+                    ))
+                except PrivacyBudgetError as e:
+                    name = self.hospitals[k] if self.hospitals else str(k)
+                    raise PrivacyBudgetError(f"hospital {name} ({self.num_examples[k]} images, "
+                                             f"{self._units(k)} {self.unit}s): {e}") from None
+            return PrivacySchedule(**{**self.__dict__, "noise_multipliers": tuple(zs), "noise_multiplier": max(zs)})
         z = calibrate_noise(
             target_epsilon,
             self.delta,
             epsilon_fn=lambda z: self.epsilon_after(self.rounds, noise_multiplier=z),
             max_noise_multiplier=max_noise_multiplier,
         )
-        return PrivacySchedule(**{**self.__dict__, "noise_multiplier": z})
+        return PrivacySchedule(**{**self.__dict__, "noise_multiplier": z, "noise_multipliers": ()})
 
 
-def schedule_for_config(cfg: Any, num_examples: Mapping[str, int], *, source: str) -> PrivacySchedule:
-    """The run's privacy schedule, with the noise multiplier calibrated to the target epsilon."""
+def schedule_for_config(cfg: Any, num_examples: Mapping[str, int], *, source: str,
+                        num_patients: Mapping[str, int] | None = None) -> PrivacySchedule:
+    """The run's privacy schedule, with the noise multiplier(s) calibrated to the target epsilon.
+
+    ``num_examples``: training images per hospital; ``num_patients``: training patients per
+    hospital (needed for ``privacy.unit: patient`` in sample mode). Errors before training: delta
+    not below ``1 / units`` of some hospital, an epsilon some hospital cannot reach.
+    """
     p = cfg.privacy
     mode = p.mode if cfg.arm == "bfdl" else "none"
     k = len(num_examples)
     cpr = cfg.federated.clients_per_round or k
+    names = tuple(num_examples)
     n_k = tuple(int(v) for v in num_examples.values())
+    unit = getattr(p, "unit", "image")
+    if mode == "sample" and unit == "patient":
+        if num_patients is None:
+            raise ConfigError(source, "privacy.unit", "patient-level DP-SGD needs the hospitals' patient counts")
+        units = tuple(int(num_patients[n]) for n in names)
+    else:
+        units = n_k
     sched = PrivacySchedule(
         mode=mode,
         noise_multiplier=p.noise_multiplier,
@@ -247,16 +379,18 @@ def schedule_for_config(cfg: Any, num_examples: Mapping[str, int], *, source: st
         rounds=cfg.federated.rounds,
         num_clients=k,
         clients_per_round=cpr,
-        batch_size=cfg.federated.batch_size,
+        batch_size=(getattr(p, "batch_size", 0) or cfg.federated.batch_size) if mode == "sample" else cfg.federated.batch_size,
         local_epochs=cfg.federated.local_epochs,
         num_examples=n_k,
+        unit=unit if mode == "sample" else "image",
+        hospitals=names,
+        num_units=units,
+        calibrate_per_hospital=bool(getattr(p, "per_hospital_noise", True)) and mode == "sample",
+        max_images_per_patient=int(getattr(p, "max_images_per_patient", 0)),
     )
     if mode == "none":
         return sched
-    units = k if mode == "client" else min(n_k)
-    unit = "hospitals" if mode == "client" else "examples in the smallest hospital"
-    if p.delta >= 1.0 / units:
-        raise ConfigError(source, "privacy.delta", f"delta={p.delta} must be below 1/n = {1.0 / units:.3g} ({units} {unit})")
+    _check_delta(p.delta, sched, source=source)
     if p.noise_multiplier > 0:
         return sched
     try:
@@ -266,6 +400,18 @@ def schedule_for_config(cfg: Any, num_examples: Mapping[str, int], *, source: st
             f"{source}: privacy.target_epsilon: {e} (mode={mode}, rounds={cfg.federated.rounds}, "
             f"hospitals={k}, clients_per_round={cpr})"
         ) from None
+
+
+def _check_delta(delta: float, sched: PrivacySchedule, *, source: str) -> None:
+    if sched.mode == "client":
+        checks = [("hospitals", sched.num_clients, "the federation")]
+    else:
+        label = "patients" if sched.unit == "patient" else "images"
+        checks = [(label, u, f"hospital {n}") for n, u in zip(sched.hospitals, sched.num_units)]
+    for label, units, who in checks:
+        if delta >= 1.0 / units:
+            raise ConfigError(source, "privacy.delta",
+                              f"delta={delta} must be below 1/n = {1.0 / units:.3g} ({units} {label} in {who})")
 
 
 def noise_table(
@@ -318,6 +464,7 @@ def noise_table(
 
 
 __all__ = [
+    "HospitalPrivacy",
     "PrivacyBudgetError",
     "PrivacySchedule",
     "calibrate_noise",

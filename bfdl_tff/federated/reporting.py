@@ -51,13 +51,6 @@ EXTRA_COLUMNS = [
     "clipped_fraction",
 ]
 
-PRIVACY_NOTES = {
-    "client": "client-level (add/remove one hospital) DP-FedAvg, unweighted mean of clipped updates",
-    "sample": "sample-level (add/remove one image) DP-SGD with Poisson sampling in each hospital; max over hospitals",
-    "none": "no differential privacy",
-}
-
-
 def metrics_columns(findings: Sequence[str]) -> list[str]:
     return BASE_COLUMNS + [f"auc_{f}" for f in findings] + EXTRA_COLUMNS
 
@@ -183,7 +176,7 @@ def build_summary(
         "noise_multiplier": sched.noise_multiplier if dp else 0.0,
         "l2_clip": cfg.privacy.l2_clip if dp else None,
         "secure_sum": bool(cfg.arm == "bfdl" and cfg.privacy.secure_sum),
-        "privacy_note": PRIVACY_NOTES[sched.mode],
+        "privacy_note": sched.note(),
         "bytes_broadcast_total": int(sum(r.get("bytes_broadcast") or 0 for r in rows)),
         "bytes_uploaded_total": int(sum(r.get("bytes_uploaded") or 0 for r in rows)),
         "cum_bytes": int(last.get("cum_bytes") or 0),

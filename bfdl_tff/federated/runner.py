@@ -400,7 +400,9 @@ def run_experiment(
             if data is None:
                 data = load_data(cfg, rd, with_masks=registry.uses_masks(model_cfg))
             validate_setup(cfg, data, model_cfg, source=source)
-            sched = accounting.schedule_for_config(cfg, {n: len(data.train[n]) for n in data.names}, source=source)
+            sched = accounting.schedule_for_config(
+                cfg, {n: len(data.train[n]) for n in data.names}, source=source,
+                num_patients={n: len(np.unique(data.train[n].patient_ids)) for n in data.names})
             rd.write_privacy(json_safe(sched.to_record()))
             done = Runner(cfg, rd, data, model_cfg, sched, hooks=hooks, resume=resume, progress=progress).run()
         ok = True

@@ -28,8 +28,7 @@ def build_algorithm(cfg: ExperimentConfig, bundle: Any, sched: accounting.Privac
     from bfdl_tff.federated import processes
 
     f, p = cfg.federated, cfg.privacy
-    client_opt = processes.make_optimizer(f.client_optimizer, learning_rate=f.client_lr, momentum=f.client_momentum)
-    server_opt = processes.make_optimizer(f.server_optimizer, learning_rate=f.server_lr, momentum=f.server_momentum)
+    client_opt, server_opt = processes.arm_optimizers(cfg)
     secure = cfg.arm == "bfdl" and p.secure_sum
     if sched.mode == "client":
         return processes.build_dp_fedavg(
@@ -57,6 +56,7 @@ def build_algorithm(cfg: ExperimentConfig, bundle: Any, sched: accounting.Privac
             l2_clip=p.l2_clip,
             batch_size=f.batch_size,
             secure_sum=secure,
+            keras_model_fn=bundle.keras,
         )
     return processes.build_fedavg(bundle.model_fn, client_optimizer=client_opt, server_optimizer=server_opt, secure_sum=secure)
 
@@ -130,7 +130,7 @@ class FederatedEngine:
         if self.algorithm.data_kind == "dp_sgd_steps":
             rng = np.random.default_rng([self.seeds["data_shuffle"], round_num, k])
             return dp_sgd.round_dataset(ts, batch_size=f.batch_size, local_epochs=f.local_epochs, rng=rng,
-                                        with_masks=self.bundle.with_masks)
+                                        with_masks=self.bundle.with_masks, **self.sched.dp_sgd_kwargs(name))
         return make_dataset(
             ts,
             batch_size=f.batch_size,

@@ -4,8 +4,11 @@ Every builder takes a :class:`bfdl_tff.models.registry.ModelConfig` and returns 
 ``tf.keras.Model`` (no subclassed models, no ``Lambda`` layers), so TFF's ``from_keras_model`` can
 wrap it inside ``model_fn()``.
 
-- ``small_cnn``: ``conv_layers`` x (3x3 conv, norm, ReLU, 2x2 max-pool), filters ``width * 2**i``,
-  global pooling, optional dropout / hidden layer, 14 sigmoid outputs ``findings``.
+- ``small_cnn``: optional per-image input standardisation (``input_norm: image``), then
+  ``conv_layers`` x (3x3 conv, norm, ReLU, 2x2 max-pool), filters ``width * 2**i``, global
+  pooling, optional dropout / hidden layer, 14 sigmoid outputs ``findings``. ``norm``: ``batch``
+  (centralized reference only), ``group`` (GroupNorm), ``ws`` (weight-standardised convs with a
+  bias, no activation normalisation: ``layers.WSConv2D``) or ``none``.
 - ``resnet50``: ``tf.keras.applications.ResNet50(weights=None, include_top=False)`` backbone,
   global pooling, 14-way sigmoid head. With ``norm: batch`` the backbone is exactly keras'
   (same layers and parameter count); ``group`` / ``none`` rebuild the same graph from its config
@@ -40,7 +43,7 @@ from bfdl_tff.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
 
-    from bfdl_tff.models.registry import ModelConfig
+    from bfdl_tff.models.model_config import ModelConfig
 
 #: ResNet-50 layers used as U-Net skips (deepest first) and the bottleneck.
 RESNET50_SKIPS = ("conv4_block6_out", "conv3_block4_out", "conv2_block3_out", "conv1_relu")
@@ -72,11 +75,27 @@ def _norm(cfg: "ModelConfig", x: Any, name: str) -> Any:
     return x
 
 
+def _conv(cfg: "ModelConfig", x: Any, filters: int, kernel: int, name: str, *, strides: int = 1) -> Any:
+    """Conv2D (``norm: ws``: weight-standardised ``WSConv2D``), with a bias unless a norm follows."""
+    tf = _tf()
+    from bfdl_tff.models.layers import WSConv2D
+
+    cls = WSConv2D if cfg.norm == "ws" else tf.keras.layers.Conv2D
+    return cls(filters, kernel, strides=strides, padding="same", use_bias=cfg.norm in ("none", "ws"), name=name)(x)
+
+
+def _input(cfg: "ModelConfig") -> tuple[Any, Any]:
+    """The image input and, with ``input_norm: image``, its per-image standardisation."""
+    tf = _tf()
+    from bfdl_tff.models.layers import ImageStandardization
+
+    inp = tf.keras.Input(shape=(cfg.input_size, cfg.input_size, cfg.channels), name="image")
+    return inp, (ImageStandardization(name="input_std")(inp) if cfg.input_norm == "image" else inp)
+
+
 def _conv_norm_relu(cfg: "ModelConfig", x: Any, filters: int, name: str, *, strides: int = 1, relu: bool = True) -> Any:
     tf = _tf()
-    x = tf.keras.layers.Conv2D(
-        filters, 3, strides=strides, padding="same", use_bias=cfg.norm == "none", name=f"{name}_conv"
-    )(x)
+    x = _conv(cfg, x, filters, 3, f"{name}_conv", strides=strides)
     x = _norm(cfg, x, name)
     if relu:
         x = tf.keras.layers.ReLU(name=f"{name}_relu")(x)
@@ -95,7 +114,24 @@ def _classification_head(cfg: "ModelConfig", features: Any) -> Any:
         x = tf.keras.layers.Dense(cfg.head_units, activation="relu", name="head_hidden")(x)
         if cfg.dropout > 0:
             x = tf.keras.layers.Dropout(cfg.dropout, name="head_hidden_dropout")(x)
-    return tf.keras.layers.Dense(cfg.num_findings, activation="sigmoid", dtype="float32", name="findings")(x)
+    return tf.keras.layers.Dense(cfg.num_findings, activation="sigmoid", dtype="float32", name="findings",
+                                 bias_initializer=_output_bias(cfg))(x)
+
+
+def _output_bias(cfg: "ModelConfig") -> Any:
+    """``output_bias: prior``: the findings' biases start at the log-odds of the public NIH
+    prevalences (chestxray14_label_stats.json), so training does not first spend its steps on
+    learning the label priors (a public statistic: no privacy cost)."""
+    tf = _tf()
+    if cfg.output_bias != "prior" or cfg.num_findings != 14:
+        return "zeros"
+    import math
+
+    from bfdl_tff.data.labels import FINDINGS
+    from bfdl_tff.data.synth import load_label_stats
+
+    prev = load_label_stats()["per_label_prevalence"]
+    return tf.keras.initializers.Constant([math.log(prev[f] / (1 - prev[f])) for f in FINDINGS])
 
 
 def _unet_decoder(cfg: "ModelConfig", bottleneck: Any, skips: list[Any], filters: list[int]) -> Any:
@@ -111,7 +147,7 @@ def _unet_decoder(cfg: "ModelConfig", bottleneck: Any, skips: list[Any], filters
 
 
 def _outputs(cfg: "ModelConfig", findings: Any, lesion: Any | None) -> Any:
-    from bfdl_tff.models.registry import uses_masks
+    from bfdl_tff.models.model_config import uses_masks
 
     return [findings, lesion] if uses_masks(cfg) else findings
 
@@ -123,8 +159,7 @@ def _outputs(cfg: "ModelConfig", findings: Any, lesion: Any | None) -> Any:
 
 def build_small_cnn(cfg: "ModelConfig") -> "tf.keras.Model":
     tf = _tf()
-    inp = tf.keras.Input(shape=(cfg.input_size, cfg.input_size, cfg.channels), name="image")
-    x = inp
+    inp, x = _input(cfg)
     for i in range(cfg.conv_layers):
         x = _conv_norm_relu(cfg, x, cfg.width * 2**i, f"block{i + 1}")
         x = tf.keras.layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
@@ -183,7 +218,7 @@ def build_resnet50(cfg: "ModelConfig") -> "tf.keras.Model":
 
 
 def build_resnet50_unet(cfg: "ModelConfig") -> "tf.keras.Model":
-    from bfdl_tff.models.registry import uses_masks
+    from bfdl_tff.models.model_config import uses_masks
 
     tf = _tf()
     base = resnet50_backbone(cfg)
@@ -212,7 +247,7 @@ def _basic_block(cfg: "ModelConfig", x: Any, filters: int, name: str, *, strides
         # (TF 2.14; see docs/models.md), and ResNet-D is the better-behaved variant anyway.
         shortcut = tf.keras.layers.AveragePooling2D(strides, name=f"{name}_proj_pool")(shortcut)
     if strides != 1 or int(x.shape[-1]) != filters:
-        shortcut = tf.keras.layers.Conv2D(filters, 1, use_bias=cfg.norm == "none", name=f"{name}_proj_conv")(shortcut)
+        shortcut = _conv(cfg, shortcut, filters, 1, f"{name}_proj_conv")
         shortcut = _norm(cfg, shortcut, f"{name}_proj")
     y = _conv_norm_relu(cfg, x, filters, f"{name}_1", strides=strides)
     y = _conv_norm_relu(cfg, y, filters, f"{name}_2", relu=False)
@@ -222,8 +257,8 @@ def _basic_block(cfg: "ModelConfig", x: Any, filters: int, name: str, *, strides
 
 def build_resnet_unet_small(cfg: "ModelConfig") -> "tf.keras.Model":
     tf = _tf()
-    inp = tf.keras.Input(shape=(cfg.input_size, cfg.input_size, cfg.channels), name="image")
-    x = _conv_norm_relu(cfg, inp, cfg.width, "stem")
+    inp, x = _input(cfg)
+    x = _conv_norm_relu(cfg, x, cfg.width, "stem")
     stages = [x]
     for s, n_blocks in enumerate(cfg.blocks, start=1):
         f = cfg.width * 2**s
@@ -233,7 +268,7 @@ def build_resnet_unet_small(cfg: "ModelConfig") -> "tf.keras.Model":
     bottleneck = stages[-1]
     findings = _classification_head(cfg, bottleneck)
     lesion = None
-    from bfdl_tff.models.registry import uses_masks
+    from bfdl_tff.models.model_config import uses_masks
 
     if uses_masks(cfg):
         skips = stages[-2::-1]  # deepest first, ending with the stem at full resolution
@@ -328,7 +363,7 @@ BUILDERS: dict[str, Callable[["ModelConfig"], "tf.keras.Model"]] = {
 
 def check_outputs(model: "tf.keras.Model", cfg: "ModelConfig") -> None:
     """Enforce the output contract (findings [None, K] (+ lesion [None, S, S, 1]))."""
-    from bfdl_tff.models.registry import uses_masks
+    from bfdl_tff.models.model_config import uses_masks
 
     outs = list(model.outputs)
     s, k = cfg.input_size, cfg.num_findings

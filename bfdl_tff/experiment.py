@@ -30,13 +30,16 @@ def build_hooks(cfg: ExperimentConfig, run_dir: RunDir) -> list[Any]:
     return []
 
 
-def train_arm(cfg: ExperimentConfig, run_dir: RunDir, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train ``cfg.arm`` into ``run_dir`` with its hooks; return the run summary."""
+def train_arm(cfg: ExperimentConfig, run_dir: RunDir, *, resume: bool = False, progress: bool = True,
+              config_source: str | None = None) -> dict:
+    """Train ``cfg.arm`` into ``run_dir`` with its hooks; return the run summary (``config_source``:
+    the user's config file, named by configuration errors; default the run's ``config.yaml``)."""
     from bfdl_tff import tff_runtime
     from bfdl_tff.federated.runner import run_experiment
 
     with tff_runtime.terminate_on_signals():
-        return run_experiment(cfg, run_dir, hooks=build_hooks(cfg, run_dir), resume=resume, progress=progress)
+        return run_experiment(cfg, run_dir, hooks=build_hooks(cfg, run_dir), resume=resume, progress=progress,
+                              config_source=config_source)
 
 
 __all__ = ["build_hooks", "train_arm"]

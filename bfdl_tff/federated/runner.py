@@ -346,6 +346,7 @@ class Runner:
             latest = self.ckpts.latest()
             if latest is not None:
                 self.ckpts.mark(latest, finalized=True)
+            self.ckpts.prune(self.cfg.federated.keep_checkpoints)
         return summary
 
     def written_summary(self) -> dict | None:

@@ -103,7 +103,7 @@ CONFIG_CASES = [
 # refused after the run directory was created: it must be rolled back
 LATE_CASES = [
     ("missing_data_root", {"data.source": "nih", "data.root": "/nonexistent/nih"}, "/nonexistent/nih"),
-    ("unreachable_epsilon", {"privacy.mode": "client", "privacy.target_epsilon": 1.0, "privacy.delta": 1.0e-5,
+    ("unreachable_epsilon", {"privacy.mode": "client", "privacy.target_epsilon": 1.0, "privacy.delta": "1.0e-5",
                              "privacy.max_noise_multiplier": 20.0, "federated.rounds": 50},
      "privacy.target_epsilon: epsilon=1.0 (delta=1e-05) is unreachable"),
     ("delta_too_large", {"privacy.delta": 0.09}, "privacy.delta: delta=0.09 must be below 1/n"),
@@ -129,7 +129,7 @@ def test_start_refused_after_creating_the_run_dir_rolls_it_back(tmp_path, synth,
     line = _one_line(err)
     assert rc == 2 and expect in line, line
     if case != "missing_data_root":
-        assert str(cfg) in line and "config.yaml" not in line, f"attributed to the run's copy: {line}"
+        assert str(cfg) in line and str(out / "config.yaml") not in line, f"attributed to the run's copy: {line}"
     assert not out.exists(), f"{case}: left {sorted(p.name for p in out.iterdir())}"
 
 

@@ -306,10 +306,12 @@ class Runner:
         to ``announced`` were handed to them); prune old checkpoints, never one not yet done."""
         through = durable_through(self.hooks, announced)
         while self.undone and self.undone[0].round_num <= through:
-            ckpt = self.undone.pop(0)
-            self.ckpts.mark(ckpt, hooks_done=True)
-            faults.point("after_durable", ckpt.round_num)
+            self.mark_done(self.undone.pop(0))
         self.ckpts.prune(self.cfg.federated.keep_checkpoints, protect=[c.round_num for c in self.undone])
+
+    def mark_done(self, ckpt: Checkpoint) -> None:
+        self.ckpts.mark(ckpt, hooks_done=True)
+        faults.point("after_durable", ckpt.round_num)
 
     # ---- after the last round -----------------------------------------------------------
     def final_model(self, state: Any) -> tuple[list[np.ndarray], dict]:
@@ -340,9 +342,8 @@ class Runner:
         for h in self.hooks:
             h.on_end(summary)
         if self.hooks:
-            for ckpt in self.undone:
-                self.ckpts.mark(ckpt, hooks_done=True)
-            self.undone = []
+            while self.undone:
+                self.mark_done(self.undone.pop(0))
             latest = self.ckpts.latest()
             if latest is not None:
                 self.ckpts.mark(latest, finalized=True)

@@ -37,7 +37,8 @@ def check_model(cfg: ExperimentConfig, *, source: str) -> None:
         if top and top in cfg.model.overrides:
             raise ConfigError(source, f"model.overrides.{e.key}", e.message) from None
         if not Path(e.source).is_file():
-            raise ConfigError(source, "model.config", e.message) from None
+            named = f" ({e.source})" if e.source == str(cfg.model.config) else ""  # a path, not a registry name
+            raise ConfigError(source, "model.config", e.message + named) from None
         raise
 
 

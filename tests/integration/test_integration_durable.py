@@ -238,3 +238,31 @@ def test_resume_after_finalize_is_idempotent(tmp_path):
         h.close()
     assert len(_chain(run).finalize_records()) == 1
     assert verify_run(run.path).ok
+
+
+def test_finished_rounds_missing_from_the_chain_are_resubmitted_from_the_outbox(tmp_path):
+    """The replica databases are restored from a copy taken after round 1: rounds 2 and 3 were done
+    (checkpoints marked durable and pruned) but are no longer on the chain. Resume re-submits them
+    from the outbox, exactly as signed; nothing is signed again."""
+    import shutil
+
+    run = synthetic_run_dir(tmp_path / "run")
+    ctxs = synthetic_rounds(run, hospitals=H, rounds=3)
+    files = LedgerFiles.of(run)
+    for upto, start in ((1, 0), (3, 1)):
+        h = _hook(run)
+        h.on_start(_info(run, start_round=start, pending=[]))
+        try:
+            for c in ctxs[start:upto]:
+                h.on_round_end(c)
+            h.drain()
+            assert h.durable_through() == upto
+        finally:
+            h.close()
+        if upto == 1:
+            shutil.copytree(files.replicas_dir, tmp_path / "backup")
+    shutil.rmtree(files.replicas_dir)
+    shutil.copytree(tmp_path / "backup", files.replicas_dir)
+    assert list(_chain(run).rounds()) == [1]
+    _resume(run, ctxs, start_round=3, durable=3)
+    _assert_each_round_once(run, 3)

@@ -78,6 +78,19 @@ def synth_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("synth") / "data"
 
 
+def _replica_heights(run: Path) -> list[int]:
+    from ledger.storage import StoreReader
+
+    out = []
+    for db in sorted((run / "ledger" / "replicas").glob("replica_*.sqlite")):
+        reader = StoreReader(db)
+        try:
+            out.append(reader.head()[0])
+        finally:
+            reader.close()
+    return out
+
+
 def _check_each_round_once(run: Path) -> None:
     from bfdl_tff.integration.chain import read_chain
     from bfdl_tff.integration.ledger_api import LedgerFiles
@@ -111,6 +124,8 @@ def _case(tmp_path: Path, synth_root: Path, step: str, round_num: int, batch_siz
     out = log.read_text()
     assert rc == -signal.SIGKILL, f"the fault did not fire (exit {rc}): {out[-3000:]}"
     assert f"SIGKILL at round {round_num} step {step}" in out
+    if step == "during_commit":
+        assert len(set(_replica_heights(run))) == 2, "killed while only some replicas had stored the round's block"
     log = tmp_path / "resume.log"
     rc = _bfdl([*train, "--resume"], log)
     assert rc == 0, log.read_text()[-3000:]

@@ -12,7 +12,7 @@ says so. The steps of round ``t``:
    (``LedgerHook.durable_through``) and the runner marks the checkpoint ``hooks_done: true``; a
    checkpoint that is not durable is never pruned.
 
-On resume (:func:`reconcile`, in ``LedgerHook.on_start``) the chain (the longest replica database:
+On resume (:meth:`Reconciler.run`, in ``LedgerHook.on_start``) the chain (the longest replica database:
 a stored block carries its commit certificate, so it is committed even if the other replicas have
 not stored it yet) is reconciled with the checkpoints and the outbox:
 
@@ -154,7 +154,7 @@ def submit_round(cluster: LocalCluster, files: LedgerFiles, signed: SignedRound,
 # ------------------------------------------------------------------------------ reconciling
 @dataclass
 class Reconciled:
-    """The outcome of :func:`reconcile`."""
+    """The outcome of :meth:`Reconciler.run`."""
 
     closed: set[int]
     resubmitted: dict[int, int] = field(default_factory=dict)  # round -> transactions re-sent

@@ -14,7 +14,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from bfdl_tff import __version__
 from bfdl_tff.errors import BfdlError
@@ -36,8 +36,16 @@ COMMAND_MODULES = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``bfdl train: error: ... (see bfdl train --help)``), exit 2;
+    sub-commands inherit it (argparse makes sub-parsers of the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bfdl",
         description="B-FDL reproduction: federated learning (TFF) + differential privacy + PBFT ledger",
     )

@@ -2,7 +2,9 @@
 
 Validation is strict and every error names the file and the dotted key:
 unknown keys, wrong types and impossible values raise :class:`bfdl_tff.errors.ConfigError`
-(``bfdl`` prints it on one line and exits with code 2).
+(``bfdl`` prints it on one line and exits with code 2). Every number read into a ``float`` field
+must be finite: NaN and infinities (YAML ``.nan``, ``.inf``) are refused for all of them, in every
+section and in any file loaded with :func:`from_dict` (model configs too).
 
 Field constraints live in ``dataclasses.field(metadata=...)``:
 ``choices`` (allowed values), ``min`` / ``max`` (inclusive), ``gt`` (exclusive lower bound).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -310,7 +313,13 @@ def _convert(value: Any, tp: Any, *, source: str, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(source, key, f"expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(source, key, f"must be a finite number, got {value!r:.40}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(source, key, f"expected a string, got {type(value).__name__} {value!r}")

@@ -15,10 +15,31 @@ runner closes the hooks, the TFF worker is stopped and the newest checkpoint sta
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from bfdl_tff.config import ExperimentConfig
+from bfdl_tff.errors import ConfigError
 from bfdl_tff.runs import RunDir
+
+
+def check_model(cfg: ExperimentConfig, *, source: str) -> None:
+    """Load the model config ``cfg.model`` names, with its overrides; a problem is a
+    :class:`ConfigError` naming the user's file ``source`` (``model.config`` for an unknown model
+    or a missing file, ``model.overrides.<key>`` for a bad override) or, for a problem inside an
+    existing model file, that file and key. Cheap (no TensorFlow): run before anything is written."""
+    from bfdl_tff.models import registry
+
+    try:
+        registry.load_model_config(cfg.model.config, **cfg.model.overrides)
+    except ConfigError as e:
+        top = e.key.split(".", 1)[0].split("[", 1)[0]
+        if top and top in cfg.model.overrides:
+            raise ConfigError(source, f"model.overrides.{e.key}", e.message) from None
+        if not Path(e.source).is_file():
+            named = f" ({e.source})" if e.source == str(cfg.model.config) else ""  # a path, not a registry name
+            raise ConfigError(source, "model.config", e.message + named) from None
+        raise
 
 
 def build_hooks(cfg: ExperimentConfig, run_dir: RunDir) -> list[Any]:
@@ -30,13 +51,16 @@ def build_hooks(cfg: ExperimentConfig, run_dir: RunDir) -> list[Any]:
     return []
 
 
-def train_arm(cfg: ExperimentConfig, run_dir: RunDir, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train ``cfg.arm`` into ``run_dir`` with its hooks; return the run summary."""
+def train_arm(cfg: ExperimentConfig, run_dir: RunDir, *, resume: bool = False, progress: bool = True,
+              config_source: str | None = None) -> dict:
+    """Train ``cfg.arm`` into ``run_dir`` with its hooks; return the run summary (``config_source``:
+    the user's config file, named by configuration errors; default the run's ``config.yaml``)."""
     from bfdl_tff import tff_runtime
     from bfdl_tff.federated.runner import run_experiment
 
     with tff_runtime.terminate_on_signals():
-        return run_experiment(cfg, run_dir, hooks=build_hooks(cfg, run_dir), resume=resume, progress=progress)
+        return run_experiment(cfg, run_dir, hooks=build_hooks(cfg, run_dir), resume=resume, progress=progress,
+                              config_source=config_source)
 
 
-__all__ = ["build_hooks", "train_arm"]
+__all__ = ["build_hooks", "check_model", "train_arm"]

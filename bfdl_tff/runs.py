@@ -2,7 +2,9 @@
 
 An existing run directory is never silently overwritten: creating one that exists fails unless
 ``resume=True`` (continue a run whose config is identical) or ``overwrite=True`` (move the old one
-aside to ``<name>.old-<timestamp>``, never delete it).
+aside to ``<name>.old-<timestamp>``, never delete it). A command whose start is refused after
+:meth:`RunDir.create` calls :meth:`RunDir.rollback`: what ``create`` made is removed again (a
+moved-aside directory is moved back), so the same command is accepted again (issue 17 item 7).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -113,6 +116,11 @@ class RunDir:
 
     path: Path
     config: ExperimentConfig
+    # What create() did, for rollback(): "" nothing (resume of an existing run, open()), "dir" it
+    # made the directory, "contents" it filled an existing empty directory; where it moved an
+    # existing run (overwrite).
+    created: str = field(default="", compare=False, repr=False)
+    moved_aside: Path | None = field(default=None, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -327,7 +335,15 @@ class RunDir:
     ) -> "RunDir":
         path = Path(path)
         cfg_file = path / "config.yaml"
-        if path.exists() and any(path.iterdir()):
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"{path}: exists and is not a directory (the run directory, e.g. --out, must be a "
+                              "directory or a new path)")
+        try:
+            existing = path.exists() and any(path.iterdir())
+        except OSError as e:
+            raise RunDirError(f"{path}: cannot read the run directory ({e.strerror})") from None
+        aside: Path | None = None
+        if existing:
             if resume:
                 if not cfg_file.exists():
                     raise RunDirError(f"{path}: cannot resume, no config.yaml in the run directory")
@@ -346,12 +362,38 @@ class RunDir:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             aside = path.with_name(f"{path.name}.old-{stamp}")
             path.rename(aside)
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cfg_file, dump_yaml(config))
-        env = environment_record()
-        env["seeds"] = config.resolved_seeds()
-        atomic_write_json(path / "environment.json", env)
-        return cls(path, config)
+        created = "contents" if path.is_dir() else "dir"
+        run = cls(path, config, created=created, moved_aside=aside)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cfg_file, dump_yaml(config))
+            env = environment_record()
+            env["seeds"] = config.resolved_seeds()
+            atomic_write_json(path / "environment.json", env)
+        except OSError as e:
+            run.rollback()
+            raise RunDirError(f"{e.filename or path}: cannot create the run directory ({e.strerror})") from None
+        return run
+
+    def rollback(self) -> bool:
+        """Undo :meth:`create` after a refused start: remove the directory it made (or empty the
+        empty directory it filled) and move a moved-aside run back, unless a round was already
+        checkpointed (the run is then resumable and kept). Never touches a directory that
+        ``create`` did not make (``resume`` of an existing run). True if something was undone."""
+        if not self.created or any(self.checkpoints_dir.glob("round_*.json")):
+            return False
+        if self.created == "dir":
+            shutil.rmtree(self.path, ignore_errors=True)
+        elif self.path.is_dir():
+            for child in self.path.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        if self.moved_aside is not None and not self.path.exists():
+            self.moved_aside.rename(self.path)
+        self.created = ""
+        return True
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":

@@ -16,7 +16,9 @@ accepted), ``rejected`` (its commitment-type transactions refused: duplicate / w
 ``participated`` / ``missed`` (at round close, over the hospitals registered and active when the
 round opened) and ``examples`` (sum of ``num_examples``);
 ``score = (participated + 1) / (participated + missed + rejected + 2)`` (Laplace-smoothed
-reliability, rounded to 6 decimals; documented in ``docs/ledger.md``).
+reliability, rounded to 6 decimals; documented in ``docs/ledger.md``). ``round.abort`` (crash
+recovery, issue 17.1) undoes the open round's accepted commitments, its privacy record and
+``last_round``, and keeps the attempt under ``rounds/<r>/aborted``.
 """
 
 from __future__ import annotations
@@ -190,11 +192,14 @@ class ContractHandlers:
         if r <= self._s["last_round"]:
             return no("wrong_round", f"round {r} is not after the last round {self._s['last_round']}")
         eligible = sorted(k for k, v in self._s["institutions"].items() if v["active"] and v["role"] == "hospital")
+        prev = self._s["rounds"].get(str(r))
         self._s["rounds"][str(r)] = {
             "status": "open", "opener": tx.sender, "opened_height": height, "opened_ms": ts,
             "closed_height": None, "eligible": eligible, "commitments": {},
             "global_model": None, "privacy": None, "metrics": None, "access": [],
         }
+        if prev is not None:  # re-opened after round.abort: keep every aborted attempt
+            self._s["rounds"][str(r)]["aborted"] = list(prev.get("aborted", []))
         self._s["open_round"] = r
         self._s["last_round"] = r
         return ok("opened", f"round {r}")
@@ -312,6 +317,39 @@ class ContractHandlers:
         rnd["closed_height"] = height
         self._s["open_round"] = None
         return ok("closed", f"round {p['round']} with {len(rnd['commitments'])} commitments")
+
+    @handles("round.abort")
+    def _round_abort(self, tx: Transaction, height: int, ts: int) -> TxResult:
+        """Crash recovery: undo the open round's effects (reputation, privacy budget, last round)
+        and record the attempt with its reason under ``rounds/<r>/aborted``; round r may open again."""
+        p = tx.payload
+        if not _is_str(p["reason"], 256):
+            return no("bad_payload", "reason must be a string of 1-256 characters")
+        rnd, err = self._open_round_of(p)
+        if err:
+            return err
+        assert rnd is not None
+        r = p["round"]
+        for sender, c in rnd["commitments"].items():
+            rep = self._s["reputation"].setdefault(sender, new_reputation())
+            rep["accepted"] -= 1
+            rep["examples"] -= c["num_examples"]
+            rep["score"] = score(rep)
+        if rnd["privacy"] is not None:
+            priv = self._s["privacy"]
+            earlier = [int(k) for k, v in self._s["rounds"].items() if int(k) < r and v["privacy"] is not None]
+            last = max(earlier, default=0)
+            priv["epsilon"] = self._s["rounds"][str(last)]["privacy"]["epsilon"] if last else 0.0
+            priv["records"] -= 1
+            priv["last_round"] = last
+        attempt = {"reason": p["reason"], "aborter": tx.sender, "opened_height": rnd["opened_height"],
+                   "aborted_height": height, "commitments": sorted(rnd["commitments"]),
+                   "tx": tx.tx_hash().hex()}
+        rnd["status"] = "aborted"
+        rnd["aborted"] = rnd.get("aborted", []) + [attempt]
+        self._s["open_round"] = None
+        self._s["last_round"] = r - 1
+        return ok("aborted", f"round {r}: {p['reason'][:64]}")
 
     @handles("access.request_summary")
     def _access_request(self, tx: Transaction, height: int, ts: int) -> TxResult:

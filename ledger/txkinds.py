@@ -53,6 +53,8 @@ TX_KINDS: Mapping[str, TxKind] = MappingProxyType({k.name: k for k in (
        summary="cumulative privacy budget after the round (refused past the cap)"),
     _k("metrics.record", _SERVER, {"round", "metrics"}, summary="the round's released metrics"),
     _k("round.close", _SERVER, {"round"}, summary="close the open round (updates reputations)"),
+    _k("round.abort", _SERVER, {"round", "reason"},
+       summary="abort the open round with a reason (crash recovery): its effects are undone, the round may open again"),
     _k("access.request_summary", _HOSPITAL, {"round"}, summary="a hospital reads an opened round's summary"),
     _k("run.finalize", _SERVER, {"rounds", "files"},
        summary="close the run: SHA-256 of its result files, once, after the last round (no round opens after)"),

@@ -23,8 +23,14 @@ def _load(name: str):
 
 
 def _check(args: argparse.Namespace) -> int:
+    """The config, then the model config it names with its overrides (an unknown model, a missing
+    model file or a bad override fails here as it would in ``bfdl train``)."""
+    from bfdl_tff.config import resolve_experiment_config
+    from bfdl_tff.experiment import check_model
+
     cfg = _load(args.file)
-    print(f"{args.file}: OK ({cfg.name}, arm={cfg.arm})")
+    check_model(cfg, source=str(resolve_experiment_config(args.file)))
+    print(f"{args.file}: OK ({cfg.name}, arm={cfg.arm}, model={cfg.model.config})")
     return 0
 
 

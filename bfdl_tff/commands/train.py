@@ -8,6 +8,13 @@ ledger. ``--resume`` continues an interrupted run from its last checkpoint (same
 
 SIGTERM / SIGINT stop training cleanly (hooks closed, TFF worker stopped, the newest checkpoint
 kept): one line on stderr naming the signal and how to continue, exit code ``128 + signum``.
+
+Bad input (issue 17 item 7): one line ``bfdl: error: <file>: <key>: <problem>`` and exit 2, with
+nothing left half-written. The config file and the model it names are checked before the run
+directory exists; a start refused later (data root missing, epsilon unreachable, delta too large,
+input size, keys, ledger) removes the directory this command created (a run moved aside by
+``--overwrite`` is moved back), so the same command is accepted again. A resumed run directory is
+never removed. Errors about the config name the user's file, not the run's copy.
 """
 
 from __future__ import annotations
@@ -35,8 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ledger.errors import LedgerError
+
     from bfdl_tff.config import load_config, resolve_experiment_config
-    from bfdl_tff.errors import ConfigError
+    from bfdl_tff.errors import BfdlError, ConfigError
+    from bfdl_tff.experiment import check_model
     from bfdl_tff.runs import RunDir, default_run_dir
 
     path = resolve_experiment_config(args.config)
@@ -52,6 +62,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.no_ledger:
         overrides["ledger.enabled"] = False
     cfg = load_config(path, overrides=overrides)
+    check_model(cfg, source=str(path))
     out = args.out or str(default_run_dir(cfg))
     rd = RunDir.create(out, cfg, resume=args.resume, overwrite=args.overwrite)
 
@@ -59,7 +70,10 @@ def _train(args: argparse.Namespace) -> int:
     from bfdl_tff.tff_runtime import Terminated
 
     try:
-        summary = train_arm(cfg, rd, resume=args.resume, progress=not args.quiet)
+        summary = train_arm(cfg, rd, resume=args.resume, progress=not args.quiet, config_source=str(path))
+    except (BfdlError, LedgerError):
+        rd.rollback()  # a refused start leaves nothing behind (never a resumed or trained run)
+        raise
     except Terminated as e:
         print(f"bfdl: train: stopped by {e.signal_name}; {rd.path} keeps its newest checkpoint: "
               "continue with the same options and --resume", file=sys.stderr)

@@ -14,8 +14,11 @@ Round ``t`` writes, under ``RUN_DIR/checkpoints/``:
   ``last_eval``, ``hooks_done`` and ``state_tensors`` (how many arrays the state has).
 
 A checkpoint is first written with ``hooks_done: false`` (unless the run has no hooks) and
-rewritten with ``true`` once every hook has seen the round (:meth:`CheckpointStore.mark`): on
-resume a round whose hooks did not finish is re-announced. Checkpoints written before the
+rewritten with ``true`` once every hook has made the round durable (:meth:`CheckpointStore.mark`;
+for the ledger hook: the round's ``round.close`` is committed, issue 17.1): on resume every round
+whose hooks are not done is re-announced, and :meth:`CheckpointStore.prune` never removes such a
+checkpoint. The last checkpoint of a finished run with hooks also records ``finalized: true`` once
+the hooks' ``on_end`` returned (the ledger's ``run.finalize`` is committed). Checkpoints written before the
 program-state manager was adopted (``round_TTTT.npz`` beside the JSON) are still resumed from.
 
 Around TFF's manager: it refuses to save a version that exists (a state saved just before a crash,
@@ -118,13 +121,16 @@ class CheckpointStore:
         ckpt.meta.update(json_safe(fields))
         atomic_write_json(self.meta_file(ckpt.round_num), ckpt.meta)
 
-    def prune(self, keep: int) -> None:
-        """Keep the ``keep`` newest checkpoints (``keep <= 0``: keep all); drop orphaned states."""
+    def prune(self, keep: int, *, protect: Sequence[int] = ()) -> None:
+        """Keep the ``keep`` newest checkpoints (``keep <= 0``: keep all) and every round in
+        ``protect`` (rounds whose hooks are not done); drop orphaned states."""
         if keep <= 0:
             return
         rounds = sorted(int(p.stem.split("_")[1]) for p in self.directory.glob("round_*.json"))
-        kept = rounds[-keep:]
-        for r in rounds[:-keep]:
+        kept = sorted(set(rounds[-keep:]) | (set(protect) & set(rounds)))
+        for r in rounds:
+            if r in kept:
+                continue
             self.meta_file(r).unlink(missing_ok=True)
             self._remove_state(r)
         for r in self._state_versions():
@@ -146,9 +152,9 @@ class CheckpointStore:
         return sorted(out)
 
     # ---- reading -------------------------------------------------------------------------
-    def latest(self) -> Checkpoint | None:
-        """The newest complete checkpoint (readable metadata and its state), or None."""
-        best: Checkpoint | None = None
+    def complete(self) -> list[Checkpoint]:
+        """Every complete checkpoint (readable metadata and its state), by round."""
+        found: dict[int, Checkpoint] = {}
         for j in sorted(self.directory.glob("round_*.json")):
             try:
                 meta = json.loads(j.read_text(encoding="utf-8"))
@@ -156,11 +162,14 @@ class CheckpointStore:
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             state = self.state_path(r) if "state_tensors" in meta else self.legacy_state_file(r)
-            if not state.exists():
-                continue
-            if best is None or r > best.round_num:
-                best = Checkpoint(r, state, meta)
-        return best
+            if state.exists():
+                found[r] = Checkpoint(r, state, meta)
+        return [found[r] for r in sorted(found)]
+
+    def latest(self) -> Checkpoint | None:
+        """The newest complete checkpoint (readable metadata and its state), or None."""
+        done = self.complete()
+        return done[-1] if done else None
 
     def load_arrays(self, ckpt: Checkpoint) -> list[np.ndarray]:
         """The state arrays of ``ckpt``, bit for bit as saved."""

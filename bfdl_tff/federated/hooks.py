@@ -21,6 +21,13 @@ A hook that raises aborts the run (after the round's checkpoint was written, so 
 re-runs the hook for that round only if the runner saw it fail: the runner records hook
 completion in the checkpoint). Hooks must be idempotent per round number.
 
+Durability (issue 17.1): a hook that finishes a round's work after ``on_round_end`` returns (the
+ledger hook commits in the background) has ``durable_through() -> int``: the last round r such that
+the hook's work for rounds 1..r is durable. The runner marks a checkpoint ``hooks_done`` only up
+to :func:`durable_through` over all hooks (a hook without the method is durable when
+``on_round_end`` returns) and never prunes a checkpoint that is not yet done; on resume it
+re-announces every checkpoint that is not done, in order (``RunInfo.extra["pending_rounds"]``).
+
 Lifecycle: the runner owns it. ``on_start`` once (also on resume), ``on_round_end`` per round,
 ``on_end`` after ``summary.json`` and ``final_model.npz`` are written, and ``close()`` on every
 hook in the runner's ``finally`` (:func:`close_hooks`): after ``on_end``, after a failure, after
@@ -100,6 +107,17 @@ class RecordingHook:
         self.closed = True
 
 
+def durable_through(hooks: Sequence[RoundHook], announced: int) -> int:
+    """The last round every hook has made durable, given that rounds up to ``announced`` were
+    announced (a hook without ``durable_through()`` is durable once ``on_round_end`` returned)."""
+    out = int(announced)
+    for h in hooks:
+        fn = getattr(h, "durable_through", None)
+        if callable(fn):
+            out = min(out, int(fn()))
+    return out
+
+
 def close_hooks(hooks: Sequence[RoundHook], *, raise_errors: bool) -> None:
     """``close()`` every hook, even when one fails (each failure is logged). With
     ``raise_errors`` the first failure is raised afterwards; without (the run is already failing),
@@ -115,4 +133,4 @@ def close_hooks(hooks: Sequence[RoundHook], *, raise_errors: bool) -> None:
         raise first
 
 
-__all__ = ["RecordingHook", "RoundContext", "RoundHook", "RunInfo", "close_hooks"]
+__all__ = ["RecordingHook", "RoundContext", "RoundHook", "RunInfo", "close_hooks", "durable_through"]

@@ -13,15 +13,21 @@ The loop (:meth:`Runner.fit`, modelled on Flower's ``Server.fit``) drives an eng
 (:mod:`~bfdl_tff.federated.engine`; :mod:`~bfdl_tff.federated.tff_engine`,
 :mod:`~bfdl_tff.federated.centralized`). Each round, one small step each: train and evaluate on the
 patient-disjoint test split (:meth:`Runner.train_round`), write ``checkpoints/round_NNNN.*`` and
-the metrics (:meth:`Runner.checkpoint`), call the hooks (:meth:`Runner.announce`), then record that
-the round is durable (:meth:`Runner.round_durable`: ``hooks_done`` in the checkpoint, old
-checkpoints pruned). ``resume=True`` continues from the newest complete checkpoint: the state
+the metrics (:meth:`Runner.checkpoint`), call the hooks (:meth:`Runner.announce`), then record the
+rounds that are durable (:meth:`Runner.round_durable`: ``hooks_done`` in each checkpoint whose round
+every hook has made durable, :func:`~bfdl_tff.federated.hooks.durable_through` — the ledger hook
+commits in the background, so this may lag a round behind; old checkpoints pruned, never one that
+is not done). ``resume=True`` continues from the newest complete checkpoint: the state
 (model, server optimizer, aggregator state incl. DP noise seed, secure-sum range estimates) and the
 metrics rows come from the checkpoint and every random choice of round ``t`` is derived from
 (seed, t), so a resumed run repeats no round, skips none and gives the same result as an
-uninterrupted one. A round whose hooks did not finish is re-announced on resume (hooks must be
-idempotent per round). The runner owns the hooks' lifecycle: ``close()`` on every hook in its
-``finally``.
+uninterrupted one. Every round whose hooks are not done is re-announced on resume, in order (hooks
+must be idempotent per round; the ledger hook reconciles the chain first, issue 17.1). A run with
+hooks is complete only when the hooks' ``on_end`` returned (``finalized`` in the last checkpoint):
+``--resume`` of a run killed between its last round and ``on_end`` runs ``on_end`` with the results
+already written. Crash injection (tests): :mod:`bfdl_tff.faults` steps ``after_checkpoint``,
+``after_queue``, ``after_durable``, ``before_finalize``. The runner owns the hooks' lifecycle:
+``close()`` on every hook in its ``finally``.
 
 Errors before training (``BfdlError``): unknown arm, a hospital without training examples,
 model input size / channels different from the data, an epsilon that the schedule cannot reach
@@ -44,12 +50,13 @@ from typing import Any, ContextManager, Sequence
 
 import numpy as np
 
+from bfdl_tff import faults
 from bfdl_tff.config import ARMS, ExperimentConfig
 from bfdl_tff.errors import BfdlError, ConfigError
 from bfdl_tff.federated import accounting
 from bfdl_tff.federated.checkpoints import Checkpoint, CheckpointStore, json_safe
 from bfdl_tff.federated.engine import Engine
-from bfdl_tff.federated.hooks import RoundContext, RoundHook, RunInfo, close_hooks
+from bfdl_tff.federated.hooks import RoundContext, RoundHook, RunInfo, close_hooks, durable_through
 from bfdl_tff.federated.inputs import FederationData, concat_sets, load_data, validate_setup
 from bfdl_tff.federated.reporting import (
     BASE_COLUMNS,
@@ -104,6 +111,7 @@ class Runner:
         self.start_round = 0  # rounds already done (resume)
         self.cum_bytes = 0
         self.last_eval: dict | None = None  # the newest evaluation (summary.json falls back to it)
+        self.undone: list[Checkpoint] = []  # checkpoints whose round the hooks have not made durable
 
     # ---- the run ------------------------------------------------------------------------
     def run(self) -> dict:
@@ -113,7 +121,7 @@ class Runner:
             self.build()
             with self.tff_context():
                 state, pending = self.restore()
-                self.start_hooks(state, pending)
+                state = self.start_hooks(state, pending)
                 state = self.fit(state)
                 weights, evaluation = self.final_model(state)
             return self.finish(weights, evaluation, time.perf_counter() - t_start)
@@ -127,8 +135,10 @@ class Runner:
             for r in range(self.start_round + 1, self.engine.rounds + 1):
                 state, rec = self.train_round(state, r)
                 ckpt = self.checkpoint(state, rec)
+                faults.point("after_checkpoint", r)
                 self.announce(rec, ckpt)
-                self.round_durable(ckpt)
+                faults.point("after_queue", r)
+                self.round_durable(r)
                 bar.update(1)
                 bar.set_postfix(auc=f"{rec.evaluation.macro_auc:.3f}" if rec.evaluation else "-",
                                 loss=f"{rec.result.train_loss:.3f}")
@@ -181,22 +191,24 @@ class Runner:
         kind = self.engine.context_kind
         return tff_runtime.execution_context(kind) if kind else contextlib.nullcontext()
 
-    def restore(self) -> tuple[Any, Checkpoint | None]:
-        """The state to start from, and the checkpoint whose hooks did not finish (if any)."""
-        latest = self.ckpts.latest() if self.resume else None
+    def restore(self) -> tuple[Any, list[Checkpoint]]:
+        """The state to start from, and the checkpoints whose hooks are not done, by round."""
+        done = self.ckpts.complete() if self.resume else []
         if not self.resume:
             self.ckpts.clear()
-        if latest is None:
+        if not done:
             self.metrics.restore([])
-            return self.engine.initial_state(), None
+            return self.engine.initial_state(), []
+        latest = done[-1]
         self.start_round, self.cum_bytes = latest.round_num, int(latest.meta["cum_bytes"])
         self.metrics.restore(latest.meta["rows"])
         log.info("resuming after round %d from %s", latest.round_num, latest.state_path)
         state = self.engine.load_state(self.ckpts.load_arrays(latest))
-        return state, (None if latest.hooks_done else latest)
+        return state, [c for c in done if not c.hooks_done]
 
-    def start_hooks(self, state: Any, pending: Checkpoint | None) -> None:
-        """``on_start``; then re-announce a checkpointed round whose hooks did not finish."""
+    def start_hooks(self, state: Any, pending: list[Checkpoint]) -> Any:
+        """``on_start``; then re-announce every checkpointed round whose hooks are not done; the
+        state to continue from."""
         info = RunInfo(
             run_dir=self.rd.path,
             config=self.cfg,
@@ -204,15 +216,24 @@ class Runner:
             num_examples=dict(self.num_examples),
             num_params=self.num_params,
             extra={"arm": self.cfg.arm, "privacy": dict(self.privacy), "start_round": self.start_round,
-                   "rounds": self.engine.rounds},
+                   "rounds": self.engine.rounds, "pending_rounds": [c.round_num for c in pending]},
         )
         for h in self.hooks:
             h.on_start(info)
-        if pending is not None:
-            ctx = self.context_from_checkpoint(pending, self.engine.global_weights(state))
+        self.undone = list(pending)
+        weights = {self.start_round: self.engine.global_weights(state)} if pending else {}
+        for ckpt in pending:  # an older round still in flight at the crash: its own weights
+            if ckpt.round_num not in weights:
+                weights[ckpt.round_num] = self.engine.global_weights(self.engine.load_state(self.ckpts.load_arrays(ckpt)))
+        if len(weights) > 1:  # an engine may load a state into its model (centralized): back to the newest
+            state = self.engine.load_state(self.ckpts.load_arrays(self.ckpts.latest()))
+        for ckpt in pending:
+            ctx = self.context_from_checkpoint(ckpt, weights[ckpt.round_num])
             for h in self.hooks:
                 h.on_round_end(ctx)
-            self.ckpts.mark(pending, hooks_done=True)
+        if pending:
+            self.round_durable(self.start_round)
+        return state
 
     # ---- one round ----------------------------------------------------------------------
     def train_round(self, state: Any, r: int) -> tuple[Any, RoundRecord]:
@@ -252,6 +273,8 @@ class Runner:
             "hooks_done": not self.hooks,
         }
         ckpt = self.ckpts.save(rec.round_num, self.engine.state_arrays(state), meta)
+        if self.hooks:
+            self.undone.append(ckpt)
         self.metrics.append(rec.row)
         for n, why in rr.rejected.items():
             log.warning("round %d: update of %s rejected: %s", rec.round_num, n, why)
@@ -278,11 +301,17 @@ class Runner:
         for h in self.hooks:
             h.on_round_end(ctx)
 
-    def round_durable(self, ckpt: Checkpoint) -> None:
-        """The round is complete: its hooks finished (recorded in the checkpoint); prune old ones."""
-        if self.hooks:
-            self.ckpts.mark(ckpt, hooks_done=True)
-        self.ckpts.prune(self.cfg.federated.keep_checkpoints)
+    def round_durable(self, announced: int) -> None:
+        """Mark ``hooks_done`` in every checkpoint whose round all hooks have made durable (rounds up
+        to ``announced`` were handed to them); prune old checkpoints, never one not yet done."""
+        through = durable_through(self.hooks, announced)
+        while self.undone and self.undone[0].round_num <= through:
+            self.mark_done(self.undone.pop(0))
+        self.ckpts.prune(self.cfg.federated.keep_checkpoints, protect=[c.round_num for c in self.undone])
+
+    def mark_done(self, ckpt: Checkpoint) -> None:
+        self.ckpts.mark(ckpt, hooks_done=True)
+        faults.point("after_durable", ckpt.round_num)
 
     # ---- after the last round -----------------------------------------------------------
     def final_model(self, state: Any) -> tuple[list[np.ndarray], dict]:
@@ -297,17 +326,40 @@ class Runner:
         return gw, evaluation
 
     def finish(self, weights: list[np.ndarray], evaluation: dict, wall_s: float) -> dict:
-        """``final_model.npz``, ``summary.json``, then the hooks' ``on_end``."""
-        self.rd.save_model(weights)
-        self.rd.save_predictions(image_ids=self.data.test.images, y_true=self.data.test.y,
-                                 scores=self.evaluator.predict_test(weights), labels=self.findings)
-        summary = build_summary(self.cfg, rows=self.metrics.rows, evaluation=evaluation, sched=self.sched, data=self.data,
-                                final_weights=weights, wall_s=wall_s, num_params=self.num_params,
-                                extra=self.engine.summary_extra())
-        atomic_write_json(self.rd.summary_file, json_safe(summary))
+        """``final_model.npz``, ``summary.json``, then the hooks' ``on_end``; then every checkpoint
+        is done and the last one ``finalized``. A resumed run that trained no round keeps the
+        results it already wrote (the ledger may have bound them with ``run.finalize``)."""
+        summary = self.written_summary()
+        if summary is None:
+            self.rd.save_model(weights)
+            self.rd.save_predictions(image_ids=self.data.test.images, y_true=self.data.test.y,
+                                     scores=self.evaluator.predict_test(weights), labels=self.findings)
+            summary = build_summary(self.cfg, rows=self.metrics.rows, evaluation=evaluation, sched=self.sched,
+                                    data=self.data, final_weights=weights, wall_s=wall_s, num_params=self.num_params,
+                                    extra=self.engine.summary_extra())
+            atomic_write_json(self.rd.summary_file, json_safe(summary))
+        faults.point("before_finalize", self.engine.rounds)
         for h in self.hooks:
             h.on_end(summary)
+        if self.hooks:
+            while self.undone:
+                self.mark_done(self.undone.pop(0))
+            latest = self.ckpts.latest()
+            if latest is not None:
+                self.ckpts.mark(latest, finalized=True)
+            self.ckpts.prune(self.cfg.federated.keep_checkpoints)
         return summary
+
+    def written_summary(self) -> dict | None:
+        """``summary.json`` of this run if no round was trained in this process and every result
+        file is there (a run resumed after its last round), else ``None``."""
+        rd = self.rd
+        if self.start_round < self.engine.rounds or not (rd.summary_file.is_file() and rd.final_model_file.is_file()):
+            return None
+        try:
+            return json.loads(rd.summary_file.read_text(encoding="utf-8"))
+        except ValueError:
+            return None
 
     # ---- small helpers ------------------------------------------------------------------
     def examples_of(self, participants: Sequence[str]) -> dict[str, int]:
@@ -356,14 +408,15 @@ def _setup_logging(log_file: Path) -> logging.Handler:
 
 
 def _finished_summary(cfg: ExperimentConfig, rd: RunDir, hooks: Sequence[RoundHook]) -> dict | None:
-    """The summary of a run that is already complete (every round checkpointed, hooks done)."""
+    """The summary of a run that is already complete (every round checkpointed; with hooks: their
+    ``on_end`` returned, ``finalized`` in the last checkpoint)."""
     if not rd.summary_file.exists():
         return None
     latest = CheckpointStore(rd.checkpoints_dir).latest()
     rounds_wanted = cfg.federated.rounds
     if cfg.arm == "centralized" and cfg.federated.centralized_epochs > 0:
         rounds_wanted = cfg.federated.centralized_epochs
-    if latest is not None and latest.round_num >= rounds_wanted and (latest.hooks_done or not hooks):
+    if latest is not None and latest.round_num >= rounds_wanted and (latest.meta.get("finalized") or not hooks):
         log.info("run in %s is complete (%d rounds); nothing to resume", rd.path, latest.round_num)
         return json.loads(rd.summary_file.read_text(encoding="utf-8"))
     return None
@@ -377,17 +430,20 @@ def run_experiment(
     resume: bool = False,
     data: FederationData | None = None,
     progress: bool = True,
+    config_source: str | None = None,
 ) -> dict:
     """Train ``cfg.arm`` into ``run_dir`` (a :class:`bfdl_tff.runs.RunDir` or a path); return the summary.
 
     ``data`` injects an in-memory federation (tests, benchmarks); by default it is prepared and
-    loaded with the data API from ``cfg.data``. Every hook is closed before this returns or raises.
+    loaded with the data API from ``cfg.data``. ``config_source``: the file errors about the
+    config name (the user's file; default the run's ``config.yaml``). Every hook is closed before
+    this returns or raises.
     """
     from bfdl_tff.models import registry
 
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir), cfg)
     rd.path.mkdir(parents=True, exist_ok=True)
-    source = str(rd.config_file)
+    source = config_source or str(rd.config_file)
     handler: logging.Handler | None = None
     ok = False
     try:

@@ -20,7 +20,9 @@ from ledger.storage import LedgerStore
 FINALIZE_KIND = "run.finalize"
 #: Kinds that belong to one round (their payload carries ``round``).
 ROUND_KINDS = ("round.open", "round.commit_update", "round.global_model", "privacy.record", "metrics.record",
-               "access.request_summary", "round.close")
+               "access.request_summary", "round.close", "round.abort")
+#: Crash recovery (issue 17.1): ends the open attempt of a round, which may then be recorded again.
+ABORT_KIND = "round.abort"
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class RoundView:
     access: list[str] = field(default_factory=list)
     opened_ms: int | None = None
     closed_ms: int | None = None
+    # Earlier attempts ended by round.abort: {"reason", "height", "commitments"} each (the fields
+    # above describe the last attempt only).
+    aborted: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, t: TxRecord, names: dict[str, str]) -> None:
         self.txs += 1
@@ -113,7 +118,12 @@ class ChainView:
         names = self.names
         out: dict[int, RoundView] = {}
         for t in self.txs:
-            if t.ok and t.kind in ROUND_KINDS:
+            if t.ok and t.kind == ABORT_KIND:
+                r = int(t.payload["round"])
+                prev = out.pop(r, RoundView(round=r))
+                out[r] = RoundView(round=r, aborted=prev.aborted + [
+                    {"reason": t.payload.get("reason"), "height": t.height, "commitments": prev.commitments}])
+            elif t.ok and t.kind in ROUND_KINDS:
                 r = int(t.payload["round"])
                 out.setdefault(r, RoundView(round=r)).add(t, names)
         return dict(sorted(out.items()))
@@ -141,4 +151,4 @@ def read_chain(db: Path, genesis: Genesis) -> ChainView:
                      head=head.hex() if head is not None else None)
 
 
-__all__ = ["FINALIZE_KIND", "ROUND_KINDS", "ChainView", "RoundView", "TxRecord", "read_chain"]
+__all__ = ["ABORT_KIND", "FINALIZE_KIND", "ROUND_KINDS", "ChainView", "RoundView", "TxRecord", "read_chain"]

@@ -15,6 +15,12 @@ After each round (:meth:`LedgerHook.on_round_end`) it records the round's ``2K +
 (:mod:`bfdl_tff.integration.round_txs`). Rounds are recorded in order 1, 2, 3, ...: a round that
 would leave a gap on the chain is refused with the missing round named.
 
+Durable rounds (issue 17.1, :mod:`bfdl_tff.integration.reconcile`): a round's transactions are
+signed once and persisted in the outbox before any is submitted; :meth:`LedgerHook.durable_through`
+tells the runner which rounds have their ``round.close`` committed (only those checkpoints are
+marked done); on resume ``on_start`` reconciles the chain with the checkpoints and the outbox
+(finish or abort the open round, re-submit persisted rounds, or refuse with one line).
+
 At the end (:meth:`LedgerHook.on_end`, after the runner wrote ``summary.json`` and
 ``final_model.npz``) it waits for every round's commit, checks the chain holds rounds 1..N with
 N = ``summary.json`` ``rounds``, submits ``run.finalize`` with the SHA-256 of ``metrics.csv``,
@@ -45,12 +51,16 @@ from ledger.contracts import Genesis
 from ledger.errors import KeyFileError
 from ledger.storage import LedgerStore
 
+from bfdl_tff import faults
 from bfdl_tff.config import ExperimentConfig
 from bfdl_tff.errors import BfdlError
 from bfdl_tff.federated.hooks import RoundContext, RoundHook, RunInfo
 from bfdl_tff.integration import ledger_api as L
 from bfdl_tff.integration.chain import FINALIZE_KIND, read_chain
+from bfdl_tff.integration.errors import LedgerHookError, PrivacyBudgetExceeded, ReconcileError
 from bfdl_tff.integration.finalize import finalize_payload
+from bfdl_tff.integration.outbox import Outbox
+from bfdl_tff.integration.reconcile import ChainRounds, Reconciler, longest_chain, submit_round
 from bfdl_tff.integration.ledger_summary import RoundTiming, RunTiming, build_summary, previous_timings
 from bfdl_tff.integration.round_txs import RoundJob, RoundSigner, save_openings
 from bfdl_tff.io_utils import atomic_write_json
@@ -71,14 +81,6 @@ from bfdl_tff.runs import RunDir
 AUDITOR_NAME = "auditor"
 
 
-class LedgerHookError(BfdlError):
-    """The ledger refused or failed to record a round (names the round and the transaction)."""
-
-
-class PrivacyBudgetExceeded(LedgerHookError):
-    """A round spent more privacy budget than the cap fixed in the genesis."""
-
-
 class LedgerHook:
     """:class:`bfdl_tff.federated.hooks.RoundHook` that records every round on the ledger."""
 
@@ -91,6 +93,7 @@ class LedgerHook:
         network's scheduler."""
         self.run = run
         self.files = L.LedgerFiles.of(run)
+        self.outbox = Outbox(self.files.outbox_dir)
         self.keystore = keystore
         self.keystore_root = keystore_root if keystore_root is not None else default_keystore_dir()
         self.replicas = replicas
@@ -113,6 +116,7 @@ class LedgerHook:
         self._closed = False
         self._recorded: set[int] = set()  # rounds closed on chain or handed to the worker
         self._next_round = 1
+        self._durable = 0  # every round 1.._durable has its round.close committed
 
     @property
     def chain_id(self) -> str:
@@ -122,13 +126,18 @@ class LedgerHook:
 
     # ------------------------------------------------------------------ start
     def on_start(self, info: RunInfo) -> None:
+        """Keys, genesis, cluster, registration, then the reconciliation of a resumed run with
+        ``info.extra`` ``start_round`` (the newest checkpoint) and ``pending_rounds`` (the rounds
+        the runner re-announces from their checkpoints)."""
         try:
-            self._start(list(info.hospital_names))
+            self._start(list(info.hospital_names), start_round=info.extra.get("start_round"),
+                        pending_rounds=info.extra.get("pending_rounds"))
         except BaseException:
             self.close()
             raise
 
-    def _start(self, hospitals: list[str]) -> None:
+    def _start(self, hospitals: list[str], *, start_round: int | None = None,
+               pending_rounds: Sequence[int] | None = None) -> None:
         t0 = time.perf_counter()
         names = {n: key_name(n) for n in hospitals + [AGGREGATOR_NAME, AUDITOR_NAME, ADMIN_NAME]}
         for n in hospitals:
@@ -145,11 +154,15 @@ class LedgerHook:
         self.cluster = self._open_cluster(self.genesis)
         self.signer = RoundSigner(signers=signers, names=names, chain_id=self.genesis.chain_id,
                                   offchain=self.files.offchain(), request_summaries=self.request_summaries)
-        # Resume: rounds the contract already closed are not recorded again.
-        self._recorded = L.closed_rounds(self.cluster)
-        self._next_round = max(self._recorded, default=0) + 1
-        self.timing.rounds = {r: t for r, t in previous_timings(self.files.summary_file).items() if r in self._recorded}
         self._register(knames)
+        # Resume: reconcile the chain with the checkpoints and the outbox; rounds closed on chain
+        # are not recorded again.
+        rec = Reconciler(self.cluster, self.files, self.outbox, self.signer, self.genesis, start_round,
+                         pending_rounds).run()
+        self._recorded = set(rec.closed)
+        self._next_round = max(self._recorded, default=0) + 1
+        self._durable = rec.durable_through
+        self.timing.rounds = {r: t for r, t in previous_timings(self.files.summary_file).items() if r in self._recorded}
         atomic_write_json(self.files.registry_file, {
             "chain_id": self.genesis.chain_id,
             "keys_backend": self.keystore.backend,
@@ -254,21 +267,30 @@ class LedgerHook:
                 self._queue.task_done()
 
     def _process(self, job: RoundJob) -> None:
+        """Sign once and persist (outbox), write the openings, submit, report the round durable."""
         assert self.cluster is not None and self.signer is not None
         t0 = time.perf_counter()
         timing = self.timing.rounds[job.round_num]
-        signed = self.signer.round_txs(job)  # everything signed before anything is submitted
+        persisted = self.outbox.has(job.round_num)  # signed before a crash: never signed again
+        if persisted:
+            signed = self.outbox.load(job.round_num, chain_id=self.chain_id)
+        else:
+            signed = self.signer.round_txs(job)  # everything signed before anything is submitted
+            self.outbox.save(signed, chain_id=self.chain_id)
         save_openings(self.files.openings_dir, signed.openings)
+        faults.point("before_open", job.round_num)
         t_commit = time.perf_counter()
-        receipts = self.cluster.submit_many(signed.txs)
+        submit_round(self.cluster, self.files, signed, who=self.signer.who, resubmit=persisted)
         timing.commit_seconds = time.perf_counter() - t_commit
         timing.sign_seconds = signed.sign_seconds
         timing.ledger_seconds = time.perf_counter() - t0
-        for tx, r in zip(signed.txs, receipts):
-            if not r.ok:
-                raise LedgerHookError(
-                    f"round {job.round_num}: ledger refused {tx.kind} from {self.signer.who(tx.sender)} "
-                    f"(tx {tx.tx_hash().hex()[:16]}): {r.code} {r.message}")
+        faults.point("after_close", job.round_num)
+        self._durable = max(self._durable, job.round_num)
+
+    def durable_through(self) -> int:
+        """The last round ``r`` such that rounds 1..r all have their ``round.close`` committed (the
+        runner marks only those checkpoints done; :func:`bfdl_tff.federated.hooks.durable_through`)."""
+        return self._durable
 
     def _raise_pending(self) -> None:
         if self._error is not None:
@@ -311,7 +333,9 @@ class LedgerHook:
             rounds = int(self.run.summary()["rounds"])
         except (KeyError, TypeError, ValueError) as e:
             raise LedgerHookError(f"{self.run.summary_file}: no round count ({e})") from None
-        on_chain = sorted(L.closed_rounds(self.cluster))
+        assert self.genesis is not None
+        view = longest_chain(self.files, self.genesis)  # committed blocks, even if a replica lags
+        on_chain = sorted(ChainRounds.of(view).closed)
         if on_chain != list(range(1, rounds + 1)):
             gap = next((r for r in range(1, rounds + 1) if r not in on_chain), None)
             what = f"round {gap} is not on the chain" if gap else f"the chain has rounds beyond {rounds}"
@@ -320,7 +344,7 @@ class LedgerHook:
             payload = finalize_payload(self.run, rounds=rounds)
         except FileNotFoundError as e:
             raise LedgerHookError(str(e)) from None
-        done = self.cluster.query("run/final")
+        done = view.state.query("run/final") if view is not None else None
         if done is not None:  # on_end again after a crash: the record must be this run's
             if {"rounds": done["rounds"], "files": done["files"]} == payload:
                 return
@@ -395,5 +419,5 @@ def attach_hooks(cfg: ExperimentConfig, run: RunDir, hooks: Sequence[RoundHook] 
     return out
 
 
-__all__ = ["AUDITOR_NAME", "LedgerHook", "LedgerHookError", "PrivacyBudgetExceeded", "attach_hooks",
-           "build_ledger_hook"]
+__all__ = ["AUDITOR_NAME", "LedgerHook", "LedgerHookError", "PrivacyBudgetExceeded", "ReconcileError",
+           "attach_hooks", "build_ledger_hook"]

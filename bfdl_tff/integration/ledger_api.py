@@ -10,6 +10,8 @@
 ``registry.json``           institution names, roles and public keys, for humans (the authority
                             is the on-chain registry)
 ``openings/``               hospital-private commitment openings (0700 / 0600)
+``outbox/``                 every round's signed transactions, persisted before submission
+                            (:mod:`bfdl_tff.integration.outbox`; 0700 / 0600)
 ``ledger_summary.json``     per-round ledger cost; its chain-derived keys are checked by
                             ``bfdl audit verify``, its measured keys are marked unverified
 ==========================  =================================================================
@@ -65,6 +67,10 @@ class LedgerFiles:
     @property
     def openings_dir(self) -> Path:
         return self.root / "openings"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.root / "outbox"
 
     @property
     def summary_file(self) -> Path:

@@ -152,14 +152,18 @@ class RoundSigner:
 
 def save_openings(openings_dir: Path, openings: list[tuple[str, dict[str, Any]]]) -> None:
     """Append each hospital's openings to ``<openings_dir>/<hospital>.jsonl`` (0600, dir 0700),
-    standing in for the hospital's private storage (paper 3.1)."""
+    standing in for the hospital's private storage (paper 3.1). Idempotent: a line already in the
+    file is not appended again (a round re-submitted from the outbox on resume)."""
     if not openings_dir.exists():
         openings_dir.mkdir(mode=0o700)
         os.chmod(openings_dir, 0o700)
     for kname, op in openings:
-        fd = os.open(openings_dir / f"{kname}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        path, line = openings_dir / f"{kname}.jsonl", json.dumps(op, sort_keys=True)
+        if path.is_file() and line in path.read_text(encoding="utf-8").splitlines():
+            continue
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            os.write(fd, (json.dumps(op, sort_keys=True) + "\n").encode())
+            os.write(fd, (line + "\n").encode())
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -154,7 +154,8 @@ def check_rounds(ctx: AuditContext) -> list[Check]:
         return [Check("rounds", False, f"round {gap} is missing from the chain (rounds on chain: {_ranges(nums)})",
                       f"{db} round {gap}")]
     for r, v in rounds.items():
-        problem = (f"was opened {v.opens} times" if v.opens != 1 else
+        problem = ("was aborted and never recorded again" if v.opens == 0 and v.aborted else
+                   f"was opened {v.opens} times" if v.opens != 1 else
                    "was never closed" if v.closes == 0 else
                    f"was closed {v.closes} times" if v.closes != 1 else
                    "has no global-model commitment" if v.global_models == 0 else
@@ -162,7 +163,9 @@ def check_rounds(ctx: AuditContext) -> list[Check]:
                    "has no hospital update commitment" if not v.commitments else None)
         if problem:
             return [Check("rounds", False, f"round {r} {problem}", f"{db} round {r}")]
-    return [Check("rounds", True, f"{len(nums)} rounds 1..{nums[-1]}, each opened, committed and closed once")]
+    aborted = [f"round {r}: {a['reason']}" for r, v in rounds.items() for a in v.aborted]
+    note = f"; {len(aborted)} aborted attempt(s) recorded again ({'; '.join(aborted)})" if aborted else ""
+    return [Check("rounds", True, f"{len(nums)} rounds 1..{nums[-1]}, each opened, committed and closed once{note}")]
 
 
 def check_rounds_agree(ctx: AuditContext) -> list[Check]:
@@ -284,8 +287,10 @@ def _opening_error(ctx: AuditContext, pubkey: str | None, line: str) -> str | No
         c = commit_update(r, op["update_digest"], bytes.fromhex(op["salt"]))
     except (ValueError, KeyError, TypeError) as e:
         return f"unreadable opening: {e}"
-    onchain = ctx.rounds[r].commitments.get(pubkey or "") if r in ctx.rounds else None
-    if c != op.get("commitment") or onchain is None or onchain["commitment"] != c:
+    view = ctx.rounds.get(r)
+    attempts = [view.commitments] + [a["commitments"] for a in view.aborted] if view is not None else []
+    onchain = [a[pubkey or ""]["commitment"] for a in attempts if (pubkey or "") in a]
+    if c != op.get("commitment") or c not in onchain:
         return f"opening of round {r} does not match the on-chain commitment"
     return None
 

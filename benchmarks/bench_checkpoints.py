@@ -95,7 +95,9 @@ def _bfdl_state(size: int) -> list[Any]:
         "federated": {"rounds": 2, "batch_size": 8},
         "privacy": {"mode": "sample", "noise_multiplier": 0.8, "delta": 1e-3, "secure_sum": True}})
     data = toy_federation((40, 40, 40), size=size, seed=0)
-    sched = accounting.schedule_for_config(cfg, {n: len(data.train[n]) for n in data.names}, source="bench")
+    sched = accounting.schedule_for_config(
+        cfg, {n: len(data.train[n]) for n in data.names}, source="bench",
+        num_patients={n: len(set(data.train[n].patient_ids.tolist())) for n in data.names})
     bundle = model_bridge.build_bundle(registry.load_model_config("small_cnn", input_size=size))
     engine = FederatedEngine(cfg, data, bundle, sched)
     engine.attach_initial_model(bundle.keras(seed=0))

@@ -53,9 +53,13 @@ def _make_run(base, name: str, arm: str, mode: str):
     run = RunDir.create(base / name, cfg)
     run.save_model(model_builder(cfg)().get_weights())
     run.write_data_record(root=base / "data", manifest_dir=base / "manifests", synthetic=True)
-    counts = {n: int((manifest.read_manifest(manifest.manifest_path(base / "manifests", n))["split"] == "train").sum())
-              for n in manifest.hospital_names(base / "manifests")}
-    run.write_privacy(schedule_for_config(cfg, counts, source=str(run.config_file)).to_record())
+    train = {n: manifest.read_manifest(manifest.manifest_path(base / "manifests", n))
+             for n in manifest.hospital_names(base / "manifests")}
+    train = {n: m[m["split"] == "train"] for n, m in train.items()}
+    counts = {n: len(m) for n, m in train.items()}
+    patients = {n: int(m["patient_id"].nunique()) for n, m in train.items()}
+    run.write_privacy(schedule_for_config(cfg, counts, source=str(run.config_file),
+                                          num_patients=patients).to_record())
     return run
 
 

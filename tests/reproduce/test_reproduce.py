@@ -76,7 +76,7 @@ def test_arm_semantics_come_from_the_arm(tmp_path):
     for arm in ARMS:
         cfg = ctx.config(arm, 0, name=arm)
         assert cfg.privacy.mode == "sample" and cfg.ledger.enabled
-        sched = schedule_for_config(cfg, sizes, source="test")
+        sched = schedule_for_config(cfg, sizes, source="test", num_patients=sizes)
         assert (sched.mode == "none") == (arm != "bfdl")
         if arm != "bfdl":
             assert build_hooks(cfg, RunDir(tmp_path / arm, cfg)) == []

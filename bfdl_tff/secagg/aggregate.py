@@ -78,6 +78,7 @@ class MaskedRound:
     bytes_sent: dict[str, int] = field(default_factory=dict)
     client_seconds: dict[str, float] = field(default_factory=dict)
     server_seconds: float = 0.0
+    server_inbox: list[Any] = field(default_factory=list)  # every message the server received (tests)
 
 
 def masked_sum(
@@ -130,6 +131,7 @@ def masked_sum(
         quantizer=quant.describe(), clipped=clipped,
         bytes_sent={by_id[i]: b for i, b in rep.bytes_sent.items()},
         client_seconds={by_id[i]: t for i, t in rep.client_seconds.items()}, server_seconds=rep.server_seconds,
+        server_inbox=rep.server_inbox,
     )
 
 

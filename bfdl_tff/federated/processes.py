@@ -20,10 +20,14 @@ aggregation, 3.5 differential privacy).
   ``privacy.secure_sum``.
 * ``bfdl`` arm, ``privacy.mode == none``: weighted FedAvg through the secure aggregator only.
 
-Secure sum: any secure intrinsic needs ``bfdl_tff.tff_runtime.execution_context("test")``, in
-which TFF *simulates* ``federated_secure_sum_bitwidth`` by a plain sum of the quantised values:
-the semantics (the server only obtains the sum) without the cryptography of Bonawitz et al.
-:attr:`FederatedAlgorithm.context` says which context a process needs.
+Secure sum (``privacy.secure_aggregation: tff_secure_sum``): any secure intrinsic needs
+``bfdl_tff.tff_runtime.execution_context("test")``, in which TFF *simulates*
+``federated_secure_sum_bitwidth`` by a plain sum of the quantised values: the semantics (the
+server only obtains the sum) without the cryptography of Bonawitz et al.
+:attr:`FederatedAlgorithm.context` says which context a process needs. With ``masked`` (issue 18)
+the trainer is given a :class:`bfdl_tff.federated.masked.MaskedAggregation`: the hospitals'
+updates are quantised and masked hospital-side and the server's TFF computation sums masked
+integer vectors (native context); the process's own aggregator is then not used.
 
 :class:`FederatedTrainer` runs one round as the composed process does
 (``client_work -> aggregator -> finalizer``), but runs **each hospital's client work as its own
@@ -333,6 +337,7 @@ class RoundOutput:
     train_loss: float
     update_rejected: bool
     secure_sum_rel_error: float | None
+    secagg: Any = None  # bfdl_tff.federated.masked.MaskedOutcome under masked secure aggregation
 
 
 def _np_list(x: Any) -> list[np.ndarray]:
@@ -354,6 +359,14 @@ def _to_float_dict(d: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _train_loss(clients: Mapping[str, ClientRound]) -> float:
+    """Example-weighted mean training loss of the accepted updates (NaN if none)."""
+    losses = [(c.metrics.get("train/loss"), c.metrics.get("train/num_examples", 1.0)) for c in clients.values() if not c.rejected]
+    losses = [(l, n) for l, n in losses if l is not None and np.isfinite(l)]
+    n_tot = sum(n for _, n in losses)
+    return float(sum(l * n for l, n in losses) / n_tot) if n_tot else float("nan")
+
+
 class FederatedTrainer:
     """Runs rounds of a :class:`FederatedAlgorithm`, one TFF computation per hospital's client work.
 
@@ -362,8 +375,11 @@ class FederatedTrainer:
     by the hospital on its own update before aggregation) and the TFF measurements.
     """
 
-    def __init__(self, algorithm: FederatedAlgorithm) -> None:
+    def __init__(self, algorithm: FederatedAlgorithm, *, masked: Any = None) -> None:
+        """``masked``: a :class:`bfdl_tff.federated.masked.MaskedAggregation` replaces the
+        process's aggregator (``privacy.secure_aggregation: masked``)."""
         self.algorithm = algorithm
+        self.masked = masked
 
     def initialize(self, initial_weights: tff.learning.models.ModelWeights | None = None) -> Any:
         state = self.algorithm.process.initialize()
@@ -374,7 +390,14 @@ class FederatedTrainer:
     def get_model_weights(self, state: Any) -> Any:
         return self.algorithm.process.get_model_weights(state)
 
-    def run_round(self, state: Any, client_data: Mapping[str, tf.data.Dataset]) -> RoundOutput:
+    def run_round(self, state: Any, client_data: Mapping[str, tf.data.Dataset], *, round_num: int = 0) -> RoundOutput:
+        clients, cw_state = self._client_work(state, client_data)
+        if self.masked is not None:
+            return self._masked_round(state, clients, cw_state, round_num)
+        return self._aggregate(state, clients, cw_state)
+
+    def _client_work(self, state: Any, client_data: Mapping[str, tf.data.Dataset]) -> tuple[dict[str, ClientRound], Any]:
+        """Hospital side: each hospital's local training as its own TFF computation."""
         alg = self.algorithm
         weights = state.global_model_weights
         clients: dict[str, ClientRound] = {}
@@ -395,8 +418,36 @@ class FederatedTrainer:
             if rejected:
                 log.warning("round update from %s rejected: %s", name, rejected)
             clients[name] = ClientRound(name=name, update=update, weight=weight, commitment=commitment, metrics=m, rejected=rejected)
+        return clients, cw_state
 
-        # --- aggregation over all participants (DP / secure sum inside the TFF aggregator) ---
+    def _masked_round(self, state: Any, clients: dict[str, ClientRound], cw_state: Any, round_num: int) -> RoundOutput:
+        """Masked secure aggregation (issue 18): hospital-side quantise + mask, the server's TFF
+        sum of masked vectors, unmasking; an aborted round applies nothing (state unchanged)."""
+        alg = self.algorithm
+        outcome = self.masked.aggregate(round_num, {n: c.update for n, c in clients.items()},
+                                        {n: c.weight for n, c in clients.items()})
+        loss = _train_loss(clients)
+        if outcome.mean_update is None:
+            return RoundOutput(state=state, clients=clients, aggregate=[], aggregator_measurements=None,
+                               finalizer_measurements=None, train_loss=loss, update_rejected=False,
+                               secure_sum_rel_error=None, secagg=outcome)
+        weights = state.global_model_weights
+        mean = tf.nest.pack_sequence_as(weights.trainable, outcome.mean_update)
+        fin_out = alg.finalizer.next(state.finalizer, weights, mean)
+        update_rejected = bool(_to_float_dict(fin_out.measurements).get("update_non_finite", 0))
+        new_state = tff.learning.templates.LearningAlgorithmState(
+            global_model_weights=fin_out.result, distributor=state.distributor, client_work=cw_state,
+            aggregator=state.aggregator, finalizer=fin_out.state,
+        )
+        return RoundOutput(state=new_state, clients=clients, aggregate=list(outcome.mean_update),
+                           aggregator_measurements=None, finalizer_measurements=fin_out.measurements, train_loss=loss,
+                           update_rejected=update_rejected, secure_sum_rel_error=outcome.metrics.get("secagg_rel_error"),
+                           secagg=outcome)
+
+    def _aggregate(self, state: Any, clients: dict[str, ClientRound], cw_state: Any) -> RoundOutput:
+        """Aggregation over all participants (DP / secure sum inside the TFF aggregator)."""
+        alg = self.algorithm
+        weights = state.global_model_weights
         updates = [tf.nest.pack_sequence_as(weights.trainable, c.update) for c in clients.values()]
         # The aggregator API is weighted; unweighted (DP) factories are wrapped and ignore weights.
         weights_k = [float(c.weight) for c in clients.values()]
@@ -436,10 +487,7 @@ class FederatedTrainer:
             aggregator=agg_out.state,
             finalizer=fin_out.state,
         )
-        losses = [(c.metrics.get("train/loss"), c.metrics.get("train/num_examples", 1.0)) for c in clients.values() if not c.rejected]
-        losses = [(l, n) for l, n in losses if l is not None and np.isfinite(l)]
-        n_tot = sum(n for _, n in losses)
-        train_loss = float(sum(l * n for l, n in losses) / n_tot) if n_tot else float("nan")
+        train_loss = _train_loss(clients)
         return RoundOutput(
             state=new_state,
             clients=clients,

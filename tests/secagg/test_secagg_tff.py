@@ -110,3 +110,64 @@ def test_bad_vector_aborts_and_nothing_is_returned(tff_context):
     assert out.mean_update is None and seen == []
     assert out.aborted.startswith("MalformedVectorError") and "hospital_a" in out.aborted
     assert out.transcript["aborted"].startswith("MalformedVectorError") and out.metrics["secagg_aborted"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def toy_fl():
+    import tensorflow as tf
+
+    from bfdl_tff.federated import model_bridge, processes, testing
+    from bfdl_tff.models import registry
+
+    mcfg = registry.load_model_config("small_cnn", input_size=16, width=4, conv_layers=2)
+    bundle = model_bridge.build_bundle(mcfg)
+    fed = testing.toy_federation((12, 20, 28), size=16, seed=3)
+    opt = lambda lr: processes.make_optimizer("sgd", learning_rate=lr)  # noqa: E731
+    alg = processes.build_fedavg(bundle.model_fn, client_optimizer=opt(0.1), server_optimizer=opt(1.0))
+    init = bundle.keras(seed=5)
+    mw = processes.KerasOrder(init).from_keras(init.get_weights())
+    data = {n: tf.data.Dataset.from_tensor_slices((fed.train[n].x, fed.train[n].y)).batch(8) for n in fed.names}
+    return alg, mw, data, fed.names
+
+
+def test_trainer_round_masked_equals_plain_fedavg_and_server_sees_only_masked(toy_fl, tff_context):
+    """A TFF round (each hospital's client work its own TFF computation) under masked: the
+    global model equals plain weighted FedAvg's up to the quantisation step, and the vectors that
+    enter the server's TFF sum are none of the hospitals' quantised weighted updates."""
+    from bfdl_tff.federated import processes
+    from bfdl_tff.federated.masked import MaskedAggregation, flatten
+
+    alg, mw, data, names = toy_fl
+    plain = processes.FederatedTrainer(alg)
+    state = plain.initialize(mw)
+    ref = plain.run_round(state, data)
+    seen: list[np.ndarray] = []
+    masked = processes.FederatedTrainer(alg, masked=MaskedAggregation(
+        settings=MaskedSettings(bits=32, clip=1.0), keyring=EphemeralKeyring(names, run_id="trainer"),
+        on_server_input=lambda vs: seen.extend(np.array(v, copy=True) for v in vs)))
+    out = masked.run_round(state, data, round_num=1)
+    assert out.secagg.aborted is None and out.secagg.transcript["masked"] == [1, 2, 3]
+    for a, b in zip(out.state.global_model_weights.trainable, ref.state.global_model_weights.trainable):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    quant = Quantizer(bits=32, clip=1.0, max_summands=3)
+    total = sum(c.weight for c in out.clients.values())
+    plain_q = [quant.quantize(c.weight / total * flatten(c.update)) for c in out.clients.values()]
+    assert len(seen) == 3
+    for v in seen:
+        assert all(not np.array_equal(np.asarray(v, np.uint32), q) for q in plain_q)
+    assert out.secure_sum_rel_error < 1e-6
+
+
+def test_trainer_aborted_round_leaves_the_state_unchanged(toy_fl, tff_context):
+    from bfdl_tff.federated import processes
+    from bfdl_tff.federated.masked import MaskedAggregation, RoundFaults
+
+    alg, mw, data, names = toy_fl
+    agg = MaskedAggregation(settings=MaskedSettings(), keyring=EphemeralKeyring(names, run_id="abort"))
+    agg.faults[1] = RoundFaults(drop_after_shares=tuple(names[:2]))  # 1 survivor < t = 2
+    trainer = processes.FederatedTrainer(alg, masked=agg)
+    state = trainer.initialize(mw)
+    out = trainer.run_round(state, data, round_num=1)
+    assert out.state is state and out.aggregate == []
+    assert out.secagg.aborted.startswith("TooFewSurvivorsError") and "fewer than t = 2" in out.secagg.aborted
+    assert out.secagg.transcript["aborted"] and out.secagg.transcript["aggregate_sha256"] is None

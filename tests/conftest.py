@@ -1,8 +1,14 @@
-"""Shared test fixtures and the process-hygiene guard.
+"""Shared test fixtures, the ``tff`` marker and the process-hygiene guard.
 
-The session guard fails the run if a TensorFlow Federated ``worker_binary`` started by this test
-process is still alive at the end (such a process holds pipes open and hangs CI). Fixtures that
-start servers (bao) must stop them; the guard checks those too.
+* Slow tests are excluded by default in setup.cfg (``addopts = ... -m "not slow"``; run them with
+  ``-m slow``).
+* Tests that use the TFF context fixtures (``tff_context``, ``tff_test_context``) are marked
+  ``tff`` automatically (:func:`pytest_collection_modifyitems`); a test that starts a TFF
+  ``worker_binary`` in this process without the ``tff`` marker fails (:func:`_tff_marker_is_honest`),
+  so ``-m "not tff"`` really runs no TFF.
+* The session guard fails the run if a TensorFlow Federated ``worker_binary`` started by this
+  test process is still alive at the end (such a process holds pipes open and hangs CI).
+  Fixtures that start servers (bao) must stop them; the guard checks those too.
 """
 
 from __future__ import annotations
@@ -15,6 +21,27 @@ from typing import Iterator
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TFF_FIXTURES = frozenset({"tff_context", "tff_test_context"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses a TFF context fixture ``tff``."""
+    for item in items:
+        if TFF_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.tff)
+
+
+@pytest.fixture(autouse=True)
+def _tff_marker_is_honest(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that started a TFF worker in this process but is not marked ``tff``."""
+    from bfdl_tff import tff_runtime
+
+    before = tff_runtime.workers_started()
+    yield
+    if tff_runtime.workers_started() > before and request.node.get_closest_marker("tff") is None:
+        pytest.fail(f"{request.node.nodeid} starts a TFF worker_binary but is not marked tff "
+                    "(add pytest.mark.tff or use the tff_context fixture)")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,12 +5,16 @@ directory (default ``runs/<name>-<arm>-s<seed>``). For the ``bfdl`` arm with ``l
 B-FDL ledger hook (``bfdl_tff.integration.hook.attach_hooks``) records every round on the PBFT
 ledger. ``--resume`` continues an interrupted run from its last checkpoint (same config required);
 ``--overwrite`` moves an existing run directory aside first.
+
+SIGTERM / SIGINT stop training cleanly (hooks closed, TFF worker stopped, the newest checkpoint
+kept): one line on stderr naming the signal and how to continue, exit code ``128 + signum``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,8 +56,14 @@ def _train(args: argparse.Namespace) -> int:
     rd = RunDir.create(out, cfg, resume=args.resume, overwrite=args.overwrite)
 
     from bfdl_tff.experiment import train_arm
+    from bfdl_tff.tff_runtime import Terminated
 
-    summary = train_arm(cfg, rd, resume=args.resume, progress=not args.quiet)
+    try:
+        summary = train_arm(cfg, rd, resume=args.resume, progress=not args.quiet)
+    except Terminated as e:
+        print(f"bfdl: train: stopped by {e.signal_name}; {rd.path} keeps its newest checkpoint: "
+              "continue with the same options and --resume", file=sys.stderr)
+        return int(e.code)
     brief = {
         k: summary.get(k)
         for k in ("arm", "rounds", "final_macro_auc", "final_micro_auc", "f1_macro", "all_negative_accuracy",

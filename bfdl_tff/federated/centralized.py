@@ -14,8 +14,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from bfdl_tff.federated.engine import derive_seed
+from bfdl_tff.federated.results import RoundResult
+
 
 class CentralizedEngine:
+    """The ``centralized`` arm as an :class:`~bfdl_tff.federated.engine.Engine` (no TFF context)."""
+
+    context_kind = None
+
     def __init__(self, cfg: Any, data: Any, bundle: Any, init_keras: Any) -> None:
         import tensorflow as tf
 
@@ -73,14 +80,17 @@ class CentralizedEngine:
     def global_weights(self, state: Any) -> list[np.ndarray]:
         return [np.asarray(w) for w in self.model.get_weights()]
 
-    def run_round(self, state: Any, round_num: int) -> tuple[Any, Any]:
+    def summary_extra(self) -> dict[str, Any]:
+        collected, source = self.collection_bytes
+        return {"collected_image_bytes": collected, "collected_bytes_source": source}
+
+    def run_round(self, state: Any, round_num: int) -> tuple[Any, RoundResult]:
         from bfdl_tff.data.loader import make_dataset
-        from bfdl_tff.federated.runner import RoundResult, _derive_seed
 
         ds = make_dataset(
             self.pooled,
             batch_size=self.cfg.federated.batch_size,
-            shuffle_seed=_derive_seed(self.seeds["data_shuffle"], round_num, 999),
+            shuffle_seed=derive_seed(self.seeds["data_shuffle"], round_num, 999),
             epochs=1,
             with_masks=self.bundle.with_masks,
         )
@@ -91,7 +101,8 @@ class CentralizedEngine:
             commitments={},
             train_loss=loss,
             bytes_broadcast=0,
-            bytes_uploaded=0,
+            # the server collects every training image once, before the first "round"
+            bytes_uploaded=self.collection_bytes[0] if round_num == 1 else 0,
         )
 
 

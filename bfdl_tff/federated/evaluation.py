@@ -19,37 +19,12 @@ are averaged over 14 findings or which threshold turns probabilities into decisi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from sklearn import metrics as skm
 
-
-@dataclass
-class EvalResult:
-    macro_auc: float
-    micro_auc: float
-    per_finding_auc: dict[str, float | None]
-    skipped_findings: list[str]
-    loss: float
-    thresholds: dict[str, float]
-    threshold_rule: str
-    precision_macro: float
-    recall_macro: float
-    f1_macro: float
-    precision_micro: float
-    recall_micro: float
-    f1_micro: float
-    per_label_accuracy: float
-    per_finding_accuracy: dict[str, float]
-    all_negative_accuracy: float
-    num_examples: int
-
-    def to_dict(self) -> dict:
-        import dataclasses
-
-        return dataclasses.asdict(self)
+from bfdl_tff.federated.results import EvalResult
 
 
 def _has_both(y: np.ndarray) -> bool:
@@ -181,4 +156,55 @@ def evaluate_model(
     return evaluate_predictions(y_test, p_test, findings=findings, thresholds=thresholds, threshold_rule=rule)
 
 
-__all__ = ["EvalResult", "binary_cross_entropy", "choose_thresholds", "evaluate_model", "evaluate_predictions", "predict_findings"]
+@runtime_checkable
+class Evaluator(Protocol):
+    """Scores a global model (Keras ``get_weights()`` order) after a round; the runner calls it
+    every ``eval.every`` rounds and after the last one."""
+
+    def evaluate(self, weights: Sequence[np.ndarray]) -> EvalResult: ...
+
+
+class TestSplitEvaluator:
+    """The server-side evaluation of the paper (3.2/3.3): the global model on the pooled,
+    patient-disjoint test split, with per-finding thresholds from the hospitals' pooled
+    validation data (``eval.threshold_rule``)."""
+
+    def __init__(
+        self,
+        keras_model: Any,
+        *,
+        x_test: np.ndarray,
+        y_test: np.ndarray,
+        x_val: np.ndarray | None,
+        y_val: np.ndarray | None,
+        findings: Sequence[str],
+        threshold_rule: str,
+        fixed_threshold: float = 0.5,
+    ) -> None:
+        self.model = keras_model
+        self.x_test, self.y_test = x_test, y_test
+        has_val = x_val is not None and len(x_val) > 0
+        self.x_val, self.y_val = (x_val, y_val) if has_val else (None, None)
+        self.findings = list(findings)
+        self.threshold_rule, self.fixed_threshold = threshold_rule, fixed_threshold
+
+    def predict_test(self, weights: Sequence[np.ndarray]) -> np.ndarray:
+        """The model's test-split scores ``[N, L]`` (saved with the released model)."""
+        self.model.set_weights(list(weights))
+        return predict_findings(self.model, self.x_test)
+
+    def evaluate(self, weights: Sequence[np.ndarray]) -> EvalResult:
+        self.model.set_weights(list(weights))
+        return evaluate_model(
+            self.model,
+            x_test=self.x_test,
+            y_test=self.y_test,
+            x_val=self.x_val,
+            y_val=self.y_val,
+            findings=self.findings,
+            threshold_rule=self.threshold_rule,
+            fixed_threshold=self.fixed_threshold,
+        )
+
+
+__all__ = ["EvalResult", "Evaluator", "TestSplitEvaluator", "binary_cross_entropy", "choose_thresholds", "evaluate_model", "evaluate_predictions", "predict_findings"]

@@ -20,15 +20,23 @@ what the hospital publishes to the ledger. See ``bfdl_tff.federated.processes.Fe
 A hook that raises aborts the run (after the round's checkpoint was written, so ``--resume``
 re-runs the hook for that round only if the runner saw it fail: the runner records hook
 completion in the checkpoint). Hooks must be idempotent per round number.
+
+Lifecycle: the runner owns it. ``on_start`` once (also on resume), ``on_round_end`` per round,
+``on_end`` after ``summary.json`` and ``final_model.npz`` are written, and ``close()`` on every
+hook in the runner's ``finally`` (:func:`close_hooks`): after ``on_end``, after a failure, after
+SIGTERM/SIGINT, and when a resumed run was already complete.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+log = logging.getLogger("bfdl_tff.federated")
 
 
 @dataclass
@@ -53,7 +61,7 @@ class RoundContext:
     metrics: dict[str, float]  # the round's metrics.csv row
     privacy: dict[str, Any]  # mode, epsilon, delta, accountant, noise_multiplier, l2_clip
     round_seconds: float
-    checkpoint_path: Path | None
+    checkpoint_path: Path | None  # the round's saved state (checkpoints/state/program_state_<t>/)
 
 
 @runtime_checkable
@@ -77,6 +85,7 @@ class RecordingHook:
         self.info: RunInfo | None = None
         self.rounds: list[RoundContext] = []
         self.summary: dict | None = None
+        self.closed = False
 
     def on_start(self, info: RunInfo) -> None:
         self.info = info
@@ -91,4 +100,19 @@ class RecordingHook:
         self.closed = True
 
 
-__all__ = ["RecordingHook", "RoundContext", "RoundHook", "RunInfo"]
+def close_hooks(hooks: Sequence[RoundHook], *, raise_errors: bool) -> None:
+    """``close()`` every hook, even when one fails (each failure is logged). With
+    ``raise_errors`` the first failure is raised afterwards; without (the run is already failing),
+    the run's own exception is the one that propagates."""
+    first: BaseException | None = None
+    for h in hooks:
+        try:
+            h.close()
+        except Exception as e:  # noqa: BLE001 - every hook gets closed; reported below
+            log.error("closing hook %s failed: %s: %s", type(h).__name__, type(e).__name__, e)
+            first = first or e
+    if first is not None and raise_errors:
+        raise first
+
+
+__all__ = ["RecordingHook", "RoundContext", "RoundHook", "RunInfo", "close_hooks"]

@@ -33,8 +33,8 @@ def toy_federation(
     n_test: int = 64,
     seed: int = 0,
 ):
-    """A :class:`bfdl_tff.federated.runner.FederationData` with ``len(sizes)`` hospitals."""
-    from bfdl_tff.federated.runner import FederationData
+    """A :class:`bfdl_tff.federated.inputs.FederationData` with ``len(sizes)`` hospitals."""
+    from bfdl_tff.federated.inputs import FederationData
 
     rng = np.random.default_rng(seed)
     names = [f"hospital_{chr(ord('a') + i)}" for i in range(len(sizes))]

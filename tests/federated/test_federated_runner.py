@@ -92,6 +92,7 @@ def test_each_arm_two_rounds(runs, key):
     assert weights_digest(final) == weights_digest(hook.rounds[-1].global_weights) == s["final_model_digest"]
     assert [c.round_num for c in hook.rounds] == [1, 2]
     assert hook.info is not None and hook.summary is not None
+    assert hook.closed, "the runner closes every hook in its finally"
     if key == "centralized":
         assert int(rows[0]["bytes_uploaded"]) > 0 and int(rows[1]["bytes_uploaded"]) == 0
         assert rows[0]["epsilon"] == ""
@@ -101,6 +102,28 @@ def test_each_arm_two_rounds(runs, key):
         assert all(len(v) == 64 for v in ctx.client_commitments.values())
         assert ctx.num_examples == {"hospital_a": 12, "hospital_b": 20, "hospital_c": 28}
         assert int(rows[0]["bytes_broadcast"]) == 3 * sum(w.nbytes for w in final)
+
+
+@pytest.mark.parametrize("key", ["federated", "bfdl_sample", "centralized"])
+def test_tensorboard_events_hold_each_rounds_metrics(runs, key):
+    """RUN_DIR/tensorboard has one step per round, and every numeric metrics.csv cell as a scalar."""
+    from bfdl_tff.federated.tensorboard import read_scalars
+
+    d = runs[key][0]
+    tb = read_scalars(d / "tensorboard")
+    rows = _rows(d / "metrics.csv")
+    checked = 0
+    for row in rows:
+        step = int(row["round"])
+        for col, cell in row.items():
+            if col in ("round", "participants", "rejected") or cell == "":
+                assert step not in tb.get(col, {}), f"{col} has no value in round {step} but a TensorBoard point"
+                continue
+            assert tb[col][step] == pytest.approx(float(cell), rel=1e-6, abs=1e-9), (col, step)
+            checked += 1
+    assert checked >= 2 * 20  # loss, AUCs, bytes, per-finding AUCs ... of both rounds
+    assert {s for series in tb.values() for s in series} == {1, 2}
+    assert ("epsilon" in tb) == (key == "bfdl_sample")
 
 
 def test_privacy_reported_per_round(runs):
@@ -126,8 +149,10 @@ def test_resume_after_interrupt_equals_uninterrupted(runs, tmp_path):
             super().on_round_end(ctx)
             raise KeyboardInterrupt
 
+    interrupted = Interrupt()
     with pytest.raises(KeyboardInterrupt):
-        run_experiment(cfg, tmp_path, hooks=[Interrupt()], data=toy(), progress=False)
+        run_experiment(cfg, tmp_path, hooks=[interrupted], data=toy(), progress=False)
+    assert interrupted.closed, "hooks are closed when the run fails"
     assert [r["round"] for r in _rows(tmp_path / "metrics.csv")] == ["1"]
     assert not (tmp_path / "final_model.npz").exists()
     hook = RecordingHook()
@@ -140,10 +165,18 @@ def test_resume_after_interrupt_equals_uninterrupted(runs, tmp_path):
     assert hook.rounds[1].client_commitments == ref_hook.rounds[1].client_commitments or all(
         len(v) == 64 for v in hook.rounds[1].client_commitments.values()
     )
+    # the TensorBoard events hold exactly the rounds of metrics.csv (rewritten on resume)
+    from bfdl_tff.federated.tensorboard import read_scalars
+
+    tb = read_scalars(tmp_path / "tensorboard")
+    assert sorted(tb["train_loss"]) == [1, 2]
+    assert [tb["train_loss"][s] for s in (1, 2)] == pytest.approx(
+        [float(r["train_loss"]) for r in _rows(tmp_path / "metrics.csv")], rel=1e-6)
     # resuming a finished run trains nothing more
     again = RecordingHook()
     run_experiment(cfg, tmp_path, hooks=[again], resume=True, data=toy(), progress=False)
     assert again.rounds == []
+    assert again.closed, "hooks are closed when a resumed run was already complete"
     assert [r["round"] for r in _rows(tmp_path / "metrics.csv")] == ["1", "2"]
 
 

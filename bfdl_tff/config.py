@@ -169,6 +169,9 @@ class PrivacyConfig:
         if self.secure_aggregation and self.secure_sum is not None:
             return [("secure_sum", "replaced by privacy.secure_aggregation (masked | tff_secure_sum | none); "
                      "remove secure_sum (true = tff_secure_sum, false = none)")]
+        if self.mode == "client" and self.adaptive_clipping and self.aggregation != "none":
+            return [("adaptive_clipping", f"cannot be combined with secure_aggregation: {self.aggregation} (the "
+                     "clipped-count query runs inside TFF's aggregator); set privacy.secure_aggregation: none")]
         return []
 
 

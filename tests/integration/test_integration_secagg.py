@@ -220,3 +220,100 @@ def test_keys_init_creates_kx_keys_for_hospitals_only(tmp_path, capsys):
     capsys.readouterr()
     assert main(["keys", "list", "--keystore", str(d)]) == 0
     assert capsys.readouterr().out.count("  kx ") == 2  # the two hospitals
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end with TensorFlow Federated: the runner, the masked protocol, the ledger hook, the audit
+# ------------------------------------------------------------------------------------------------
+
+
+def _tff_cfg(name: str):
+    from bfdl_tff.config import ExperimentConfig
+
+    cfg = ExperimentConfig(name=name, arm="bfdl", seed=0)
+    cfg.model.overrides = {"input_size": 16, "width": 8}
+    cfg.federated.rounds = 2
+    cfg.federated.batch_size = 8
+    cfg.privacy.mode = "sample"
+    cfg.privacy.target_epsilon = 1.0
+    cfg.privacy.secure_aggregation = "masked"
+    cfg.ledger.replicas = 4
+    return cfg
+
+
+@pytest.mark.tff
+def test_masked_bfdl_run_end_to_end_then_audit(tmp_path, no_key_material):
+    """A masked B-FDL run of 2 rounds: TFF client work per hospital, DP-SGD, the masked protocol
+    with the ledger's keys and roster, transcripts committed, audit passing with the rows."""
+    import csv
+
+    from bfdl_tff.federated.runner import run_experiment
+    from bfdl_tff.federated.testing import toy_federation
+    from bfdl_tff.integration.hook import attach_hooks
+
+    cfg = _tff_cfg("e2e-masked")
+    rd = RunDir.create(tmp_path / "e2e-masked", cfg)
+    hooks = attach_hooks(cfg, rd)
+    assert hooks[0].secagg
+    summary = run_experiment(cfg, rd, hooks=hooks, data=toy_federation(size=16), progress=False)
+    assert summary["secure_aggregation"] == "masked" and summary["secagg_aborted_rounds"] == []
+    assert summary["secagg"]["bits"] == 32 and "roster from the chain" in summary["secagg"]["keys"]
+    rows = list(csv.DictReader(rd.metrics_file.open()))
+    assert [r["secagg_aborted"] for r in rows] == ["0.0", "0.0"] and all(r["secagg_survivors"] == "3.0" for r in rows)
+    assert all(float(r["secure_sum_rel_error"]) < 1e-5 for r in rows)
+    s = json.loads((rd.ledger_dir / "ledger_summary.json").read_text())
+    assert s["tx_per_round"] == [12, 12]
+    res = verify_run(rd.path)
+    assert res.ok, res.first_failure
+    for r in (1, 2):
+        assert res.check(f"secagg:round_{r}").ok and "3 survivors" in res.check(f"secagg:round_{r}").message
+    no_key_material(rd.path)
+
+
+@pytest.mark.tff
+def test_masked_round_with_a_bad_vector_is_aborted_recorded_and_skipped(tmp_path, monkeypatch):
+    """Round 2's masked vector from hospital 1 is out of the modulus: the round aborts, nothing is
+    applied (round 2's model = round 1's), the reason is in metrics.csv, summary.json and the
+    transcript on the ledger, the run continues to round 3, and the audit passes."""
+    import dataclasses
+
+    from bfdl_tff.federated import masked as M
+    from bfdl_tff.federated.runner import run_experiment
+    from bfdl_tff.federated.testing import toy_federation
+    from bfdl_tff.integration.hook import attach_hooks
+
+    def bad(stage, msg):
+        if stage == "masked" and msg.sender == 1:
+            v = msg.vector.copy()
+            v[0] = (1 << 31) + 5  # cfg bits = 31: outside the modulus
+            return dataclasses.replace(msg, vector=v)
+        return msg
+
+    orig = M.MaskedAggregation.aggregate
+
+    def faulty(self, round_num, updates, weights):
+        if round_num == 2:
+            self.faults[2] = M.RoundFaults(intercept=bad)
+        return orig(self, round_num, updates, weights)
+
+    monkeypatch.setattr(M.MaskedAggregation, "aggregate", faulty)
+    cfg = _tff_cfg("e2e-abort")
+    cfg.federated.rounds = 3
+    cfg.privacy.secagg_bits = 31
+    rd = RunDir.create(tmp_path / "e2e-abort", cfg)
+    summary = run_experiment(cfg, rd, hooks=attach_hooks(cfg, rd), data=toy_federation(size=16), progress=False)
+    assert summary["rounds"] == 3 and summary["secagg_aborted_rounds"] == [2]
+    res = verify_run(rd.path)
+    assert res.ok, res.first_failure
+    row = res.check("secagg:round_2")
+    assert row.message.startswith("aborted") and "MalformedVectorError" in row.message
+    assert res.check("secagg:round_3").ok and "3 survivors" in res.check("secagg:round_3").message
+    from bfdl_tff.integration.audit.context import open_audit
+    from bfdl_tff.integration.audit.checks import BASE_CHECKS
+
+    ctx = open_audit(rd.path)
+    for check in BASE_CHECKS:
+        check(ctx)
+    assert ctx.rounds[2].model_hash == ctx.rounds[1].model_hash != ctx.rounds[3].model_hash
+    log = rd.log_file.read_text()
+    assert "round 2: secure aggregation aborted, global model unchanged" in log

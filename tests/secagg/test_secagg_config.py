@@ -43,3 +43,11 @@ def test_bad_keys_are_config_errors(tmp_path, text, key, words):
         load_config(p)
     msg = str(e.value)
     assert str(p) in msg and key in msg and words in msg and "\n" not in msg
+
+
+def test_adaptive_clipping_needs_no_secure_aggregation(tmp_path):
+    p = _write(tmp_path, "  mode: client\n  adaptive_clipping: true\n")
+    with pytest.raises(ConfigError, match="privacy.adaptive_clipping: cannot be combined with secure_aggregation: masked"):
+        load_config(p)
+    ok = _write(tmp_path, "  mode: client\n  adaptive_clipping: true\n  secure_aggregation: none\n")
+    assert load_config(ok).privacy.aggregation == "none"

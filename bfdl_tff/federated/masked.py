@@ -29,8 +29,11 @@ TFF's test context is a plain sum: no cryptography) is replaced by the protocol 
 Client-level DP-FedAvg under masking (``privacy.mode: client``; ``docs/secagg.md``): noise the
 server added after unmasking would not hide the sum from the server, so each hospital adds
 ``N(0, (z C)^2 / t)`` per coordinate to its clipped update before quantising
-(:func:`bfdl_tff.secagg.noise.add_distributed_noise`, noise drawn from OS entropy: a seed the
-server could know would let it subtract the noise). Every completed round has ``>= t`` survivors,
+(:func:`bfdl_tff.secagg.noise.add_distributed_noise`; the generator is the keyring's
+``noise_rng(hospital, round)``, derived from the hospital's kx private key with the ledger - a
+secret the server does not hold, else it could regenerate and subtract the noise - and
+deterministic per round so a resumed run repeats itself; without the ledger, from the run's
+``dp_noise`` seed like TFF's central noise in this simulation). Every completed round has ``>= t`` survivors,
 so the sum carries variance ``>= (z C)^2`` - at least what the accountant assumes - and ``K / t``
 times more when all survive. Adaptive clipping is refused (its clipped-count query lives inside
 TFF's aggregator).
@@ -40,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import math
-import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -153,7 +155,8 @@ class MaskedAggregation:
         assert self.sum_fn is not None
         return self.sum_fn(vectors)
 
-    def hospital_input(self, update: Sequence[np.ndarray], weight: float) -> np.ndarray:
+    def hospital_input(self, update: Sequence[np.ndarray], weight: float, *, hospital: str,
+                       round_num: int) -> np.ndarray:
         """Hospital side: the flat vector this hospital quantises and masks."""
         x = flatten(update)
         if self.client_noise is None:
@@ -161,9 +164,8 @@ class MaskedAggregation:
         cn = self.client_noise
         norm = float(np.linalg.norm(x))
         x = x * min(1.0, cn.l2_clip / max(norm, 1e-12))
-        rng = np.random.default_rng(secrets.randbits(128))  # unknown to the server
-        return add_distributed_noise(x, central_stddev=cn.noise_multiplier * cn.l2_clip,
-                                     contributors=cn.contributors, rng=rng)
+        return add_distributed_noise(x, central_stddev=cn.noise_multiplier * cn.l2_clip, contributors=cn.contributors,
+                                     rng=self.keyring.noise_rng(hospital, round_num))
 
     def aggregate(self, round_num: int, updates: Mapping[str, Sequence[np.ndarray]],
                   weights: Mapping[str, float]) -> MaskedOutcome:
@@ -172,7 +174,7 @@ class MaskedAggregation:
         like = updates[names[0]]
         total_w = float(sum(weights[h] for h in names))
         w = {h: (weights[h] / total_w if total_w > 0 else 0.0) for h in names}
-        inputs = {h: self.hospital_input(updates[h], w[h]) for h in names}
+        inputs = {h: self.hospital_input(updates[h], w[h], hospital=h, round_num=round_num) for h in names}
         f = self.faults.get(round_num, RoundFaults())
         out = masked_sum(inputs, keyring=self.keyring, round_num=round_num, settings=self.settings,
                          sum_fn=self._server_sum, drop_after_shares=f.drop_after_shares,

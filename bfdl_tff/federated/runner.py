@@ -237,7 +237,8 @@ class Runner:
         if len(providers) > 1:
             raise TrainingError("more than one hook provides secure-aggregation keys")
         keyring = providers[0].secagg_keyring() if providers else EphemeralKeyring(
-            self.data.names, run_id=f"{self.cfg.name}-{secrets.token_hex(4)}")
+            self.data.names, run_id=f"{self.cfg.name}-{secrets.token_hex(4)}",
+            noise_seed=self.cfg.resolved_seeds()["dp_noise"])
         attach(keyring)
         log.info("masked secure aggregation; keys: %s", keyring.describe())
 

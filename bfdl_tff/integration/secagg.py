@@ -17,15 +17,17 @@ also performed during the aggregation process").
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
+import numpy as np
 from ledger.cluster import LocalCluster
 
 from bfdl_tff.errors import BfdlError
 from bfdl_tff.keys import Signer
 from bfdl_tff.secagg.errors import UnknownParticipantError
-from bfdl_tff.secagg.keyring import protocol_ids, roster_from
+from bfdl_tff.secagg.keyring import derived_rng, protocol_ids, roster_from
 from bfdl_tff.secagg.keys import KxKey, KxKeyStore
 from bfdl_tff.secagg.params import Participant
 
@@ -132,6 +134,11 @@ class LedgerKeyring:
             ids = self._ids()
             self._kx[hospital] = ids.kx_store.load(ids.key_names[hospital])
         return self._kx[hospital]
+
+    def noise_rng(self, hospital: str, round_num: int) -> np.random.Generator:
+        """Derived from the hospital's kx private key (a secret the server never holds)."""
+        secret = hashlib.sha256(b"bfdl-dp-noise-key-v1\0" + self.kx_key(hospital).private_bytes()).digest()
+        return derived_rng(secret + self.run_id.encode(), hospital=hospital, round_num=round_num)
 
     def describe(self) -> str:
         return self._ids().where

@@ -78,6 +78,11 @@ def test_kx_keys_registered_transcripts_committed_and_audit_passes(masked_run, n
     msg3 = rows["secagg:round_3"].message
     assert msg3.startswith("aborted") and "MalformedVectorError" in msg3 and "global model unchanged" in msg3
     no_key_material(masked_run)  # kx private keys live in the keystore, not in the run
+    from bfdl_tff.cli import main
+
+    assert main(["audit", "verify", str(masked_run)]) == 0
+    assert main(["audit", "report", str(masked_run), "--out", str(masked_run / "audit" / "r.md")]) == 0
+    assert "secagg:round_3" in (masked_run / "audit" / "r.md").read_text()
 
 
 def test_aborted_round_transcript_on_chain_names_the_reason(masked_run):

@@ -20,9 +20,11 @@ def _hex32(option: str, value: str | None) -> str | None:
 
 def _verify(args: argparse.Namespace) -> int:
     from bfdl_tff.integration.audit import verify_run
+    from bfdl_tff.privacy_eval.dp_audit import dp_audit_check
 
     res = verify_run(args.run_dir, admin_key=_hex32("--admin-key", args.admin_key),
-                     genesis_hash=_hex32("--genesis-hash", args.genesis_hash))
+                     genesis_hash=_hex32("--genesis-hash", args.genesis_hash),
+                     extra_checks=[("dp_audit", dp_audit_check)])
     for c in res.checks:
         if args.verbose or not c.ok:
             print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.message}" + (f" [{c.where}]" if c.where and not c.ok else ""))

@@ -146,10 +146,11 @@ def _ledger_runs(ctx: Context) -> Iterator[RunDir]:
 def stage_audit(ctx: Context) -> list[Path]:
     """``bfdl audit verify`` on every B-FDL run with a ledger: ``audit/verify.json`` (claim C7)."""
     from bfdl_tff.integration.audit import verify_run
+    from bfdl_tff.privacy_eval.dp_audit import dp_audit_check
 
     outs = []
     for run in _ledger_runs(ctx):
-        res = verify_run(run.path)
+        res = verify_run(run.path, extra_checks=[("dp_audit", dp_audit_check)])
         ctx.log(f"{run.path}: audit ok={res.ok}" + (f" first failure: {res.first_failure}" if not res.ok else ""))
         outs.append(run.audit_dir / "verify.json")
     if not outs:

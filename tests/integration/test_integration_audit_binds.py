@@ -194,3 +194,21 @@ def test_hook_refuses_to_finalize_a_gapped_chain(tmp_path):
             hook.on_end(write_results(run, ctxs))
     finally:
         hook.close()
+
+
+def test_audit_verify_fails_on_a_dp_audit_violation(pristine, tmp_path, capsys):
+    """``bfdl audit verify`` adds the DP audit of ``bfdl_tff.privacy_eval`` as a row (issue 16.6):
+    a membership result whose TPR lower bound exceeds e^eps * FPR + delta fails the audit."""
+    run = RunDir.open(_copy(pristine, tmp_path))
+    run.write_privacy({"mode": "sample", "epsilon": 1.0, "delta": 1e-5, "noise_multiplier": 1.0})
+    low = {lv: {"level": float(lv), "tp": tp, "n_members": 1000, "fp": 10 if lv == "0.01" else 1, "n_nonmembers": 1000}
+           for lv, tp in (("0.001", 1), ("0.01", 150))}
+    run.attacks_dir.mkdir(exist_ok=True)
+    (run.attacks_dir / "membership.json").write_text(json.dumps({"lira": {"low_fpr": low}}))
+    assert main(["audit", "verify", str(run.path), "-v"]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED: dp_audit:" in captured.err and "TPR at FPR 1%" in captured.err
+    (run.attacks_dir / "membership.json").write_text(json.dumps({"lira": {"low_fpr": {
+        lv: dict(e, tp=1) for lv, e in low.items()}}}))
+    assert main(["audit", "verify", str(run.path), "-v"]) == 0
+    assert "ok   dp_audit: dp audit: no violation" in capsys.readouterr().out

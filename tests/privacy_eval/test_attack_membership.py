@@ -55,3 +55,25 @@ def test_random_split_is_not_separated(data):
     assert abs(loss["auc"] - 0.5) < 0.15, loss
     lira = MI.lira_attack(target, _build, members, nonmembers, n_shadows=4, recipe=RECIPE, seed=0)
     assert abs(lira["auc"] - 0.5) < 0.15, lira
+
+
+def test_shadows_are_cached_and_have_the_target_size(data):
+    """Shadows train on half the audited population plus the always-in images; a second attack with
+    the same cache key reuses them; the stability list re-scores with the first 2, 4 shadows."""
+    members, nonmembers, other = data
+    sizes = []
+
+    def counting(build, x, y, *, recipe, seed):
+        sizes.append(len(x))
+        return MI.train_keras(build, x, y, recipe=MI.ShadowRecipe(epochs=2, batch_size=16, lr=0.01,
+                                                                   optimizer="adam"), seed=seed)
+
+    target = MI.train_keras(_build, *members, recipe=RECIPE, seed=1)
+    key = MI.digest(members[0], nonmembers[0], "test")
+    a = MI.lira_attack(target, _build, members, nonmembers, n_shadows=4, recipe=RECIPE, seed=0, train_fn=counting,
+                       always_in=other, cache_key=key)
+    assert sizes == [80 + 80] * 4 and a["shadow_train_size"] == 160
+    b = MI.lira_attack(target, _build, members, nonmembers, n_shadows=4, recipe=RECIPE, seed=0, train_fn=counting,
+                       always_in=other, cache_key=key)
+    assert len(sizes) == 4 and b["auc"] == a["auc"]  # reused, not retrained
+    assert [s["n_shadows"] for s in a["stability"]] == [2, 4] and a["stability"][-1]["auc"] == a["auc"]

@@ -22,6 +22,43 @@ def test_wilson_interval_known_values():
         M.wilson_interval(3, 2)
 
 
+def test_clopper_pearson_known_values():
+    # textbook values (e.g. Agresti & Coull 1998 / any exact binomial table) and the Beta quantiles
+    lo, hi = M.clopper_pearson(5, 10)
+    assert lo == pytest.approx(0.1871, abs=1e-4) and hi == pytest.approx(0.8129, abs=1e-4)
+    lo, hi = M.clopper_pearson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** (1 / 10), abs=1e-12)  # 0.3085
+    lo, hi = M.clopper_pearson(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 10), abs=1e-12)  # 0.6915
+    lo, hi = M.clopper_pearson(1, 1000)
+    assert lo == pytest.approx(2.53e-5, rel=1e-2) and hi == pytest.approx(0.005558, rel=1e-3)
+    # 99% is wider than 95%; exact intervals contain the Wilson interval's centre
+    l99, h99 = M.clopper_pearson(30, 200, confidence=0.99)
+    l95, h95 = M.clopper_pearson(30, 200)
+    assert l99 < l95 < 0.15 < h95 < h99
+    with pytest.raises(ValueError):
+        M.clopper_pearson(3, 2)
+    assert M.clopper_pearson(0, 0) == (0.0, 1.0)
+
+
+def test_low_fpr_point_counts_match_the_roc_curve():
+    rng = np.random.default_rng(2)
+    m, n = rng.normal(1.0, 1, 1000), rng.normal(0, 1, 1000)
+    s = M.roc_summary(m, n)
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(np.r_[np.ones(1000), np.zeros(1000)], np.r_[m, n])
+    for lv in (0.001, 0.01):
+        pt = s["low_fpr"][f"{lv:g}"]
+        assert pt["fp"] <= lv * 1000 and pt["tpr"] == pytest.approx(M.tpr_at_fpr(fpr, tpr, lv))
+        assert s[f"tpr_at_fpr_{lv:g}"] == pt["tpr"] == pt["tp"] / 1000
+        lo, hi = M.clopper_pearson(pt["tp"], 1000)
+        assert (s[f"tpr_ci_low_at_fpr_{lv:g}"], s[f"tpr_ci_high_at_fpr_{lv:g}"]) == (lo, hi)
+    # fewer than 1000 non-members: the 0.1 % point is the zero-false-positive point
+    pt = M.low_fpr_point(m[:100], n[:100], 0.001)
+    assert pt["fp"] == 0 and pt["threshold"] == pytest.approx(np.max(n[:100]))
+
+
 def test_ssim_psnr_and_reidentification():
     rng = np.random.default_rng(0)
     a = rng.uniform(size=(16, 16, 1)).astype(np.float32)
@@ -38,6 +75,12 @@ def test_ssim_psnr_and_reidentification():
     assert not M.reidentifies(rec, 8, gallery)
     s = M.ssim_matrix(gallery[:3], gallery[:3])
     assert np.allclose(np.diag(s), 1.0, atol=1e-5) and s[0, 1] < 0.5
+    np.testing.assert_allclose(M.ssim_pairs(gallery[:3], gallery[[0, 1, 0]]), [1.0, 1.0, s[2, 0]], atol=1e-5)
+    # calibration to the target's mean and std undoes a gain/offset change exactly (when nothing clips)
+    shifted = 0.5 * gallery[3] + 0.2
+    np.testing.assert_allclose(M.calibrate(shifted, gallery[3]), gallery[3], atol=1e-5)
+    st = M.standardise(gallery[:2])
+    assert np.allclose(st.mean(axis=(1, 2, 3)), 0, atol=1e-9) and np.allclose(st.std(axis=(1, 2, 3)), 1)
 
 
 def test_roc_summary_separates_and_not():

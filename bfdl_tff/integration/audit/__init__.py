@@ -17,6 +17,7 @@ run directory's copy of the genesis; ``genesis_hash`` pins all of it (admins, re
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Sequence
 
 from ledger.errors import LedgerError
 
@@ -37,27 +38,36 @@ def _chain_info(ctx: AuditContext) -> dict[str, object]:
             "epsilon_cap": ctx.genesis.epsilon_cap}
 
 
-def run_checks(ctx: AuditContext) -> AuditResult:
-    """Every check in order (the chain checks only if a replica's chain verified)."""
+#: An audit check supplied by a layer above the integration (e.g. the DP audit of
+#: ``bfdl_tff.privacy_eval``): ``(name, fn)`` with ``fn(run_dir) -> (ok, one-line message)``.
+ExtraCheck = tuple[str, Callable[[Path], tuple[bool, str]]]
+
+
+def run_checks(ctx: AuditContext, extra_checks: Sequence[ExtraCheck] = ()) -> AuditResult:
+    """Every check in order (the chain checks only if a replica's chain verified), then the
+    extra checks of higher layers."""
     res = AuditResult(run_dir=str(ctx.run.path))
     for check in BASE_CHECKS:
         res.checks.extend(check(ctx))
     if ctx.chain is not None:
         for check in CHAIN_CHECKS:
             res.checks.extend(check(ctx))
+    for name, fn in extra_checks:
+        ok, message = fn(ctx.run.path)
+        res.checks.append(Check(name, ok, message))
     res.chain = _chain_info(ctx)
     return res.finish()
 
 
 def verify_run(run_dir: str | Path, *, admin_key: str | None = None, genesis_hash: str | None = None,
-               write: bool = True) -> AuditResult:
+               write: bool = True, extra_checks: Sequence[ExtraCheck] = ()) -> AuditResult:
     """Audit a run directory (raises :class:`AuditError` if it is not a B-FDL run with a ledger).
 
     ``genesis_hash`` / ``admin_key`` pin the genesis for a verifier who does not trust the run
     directory's ``genesis.json`` (which lists the admin and replica keys everything is checked
-    against)."""
+    against). ``extra_checks`` are appended as rows (``bfdl audit verify`` adds the DP audit)."""
     ctx = open_audit(run_dir, admin_key=admin_key, genesis_hash=genesis_hash)
-    res = run_checks(ctx)
+    res = run_checks(ctx, extra_checks)
     if write:
         out = ctx.run.audit_dir / "verify.json"
         try:

@@ -171,3 +171,26 @@ def test_trainer_aborted_round_leaves_the_state_unchanged(toy_fl, tff_context):
     assert out.state is state and out.aggregate == []
     assert out.secagg.aborted.startswith("TooFewSurvivorsError") and "fewer than t = 2" in out.secagg.aborted
     assert out.secagg.transcript["aborted"] and out.secagg.transcript["aggregate_sha256"] is None
+
+
+def test_old_config_secure_sum_true_still_runs_tff_secure_sum(tmp_path):
+    """``privacy.secure_sum: true`` of an older config keeps its meaning: TFF's secure sum (test
+    context), no protocol columns, no transcripts."""
+    import csv
+
+    from bfdl_tff.config import from_dict, ExperimentConfig
+    from bfdl_tff.federated.hooks import RecordingHook
+    from bfdl_tff.federated.runner import run_experiment
+    from bfdl_tff.federated.testing import toy_federation
+
+    cfg = from_dict(ExperimentConfig, {
+        "name": "old", "arm": "bfdl",
+        "model": {"config": "small_cnn", "overrides": {"input_size": 16, "width": 4, "conv_layers": 2}},
+        "federated": {"rounds": 2, "batch_size": 8}, "ledger": {"enabled": False},
+        "privacy": {"mode": "sample", "noise_multiplier": 0.5, "delta": 1e-3, "secure_sum": True}})
+    hook = RecordingHook()
+    summary = run_experiment(cfg, tmp_path, hooks=[hook], data=toy_federation((12, 20, 28), size=16), progress=False)
+    assert summary["secure_aggregation"] == "tff_secure_sum" and "secagg" not in summary
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert all(r["secagg_aborted"] == "" for r in rows) and all(r["secure_sum_rel_error"] for r in rows)
+    assert all(c.secagg_transcript is None for c in hook.rounds)

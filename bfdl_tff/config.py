@@ -140,7 +140,21 @@ class PrivacyConfig:
     l2_clip: float = _c(1.0, gt=0.0)
     adaptive_clipping: bool = False
     accountant: str = _c("rdp", choices=("rdp", "pld"))
-    secure_sum: bool = True
+    # Secure aggregation of the bfdl arm (issue 18; docs/secagg.md): "masked" = the cryptographic
+    # protocol (bfdl_tff.secagg: pairwise + self masks, Shamir dropout recovery, transcript on the
+    # ledger), "tff_secure_sum" = TFF's SecureSumFactory (semantics only, no cryptography), "none".
+    # "" = the default: masked, unless an old file sets secure_sum.
+    secure_aggregation: str = _c("", choices=("", "masked", "tff_secure_sum", "none"))
+    # Deprecated (files written before issue 18): true = tff_secure_sum, false = none.
+    secure_sum: bool | None = None
+    # Masked protocol: ring Z_2^b (TFF sums int64, so b <= 32), per-coordinate range R of each
+    # hospital's weighted update (clipped to [-R, R], counted), Shamir threshold t (0 = majority of
+    # the share holders), SecAgg+ neighbours k (0 = every pair), survivor-list consistency check.
+    secagg_bits: int = _c(32, min=8, max=32)
+    secagg_clip: float = _c(1.0, gt=0.0)
+    secagg_threshold: int = _c(0, min=0)
+    secagg_neighbours: int = _c(0, min=0)
+    secagg_consistency_check: bool = True
     # Calibration gives up (error before training) if epsilon needs a larger noise multiplier.
     max_noise_multiplier: float = _c(100.0, gt=0.0)
     # Adaptive clipping (client mode): quantile target, learning rate, clipped-count noise
@@ -165,6 +179,24 @@ class PrivacyConfig:
     client_momentum: float = _c(-1.0, min=-1.0, max=1.0)
     server_lr: float = _c(0.0, min=0.0)
     server_momentum: float = _c(-1.0, min=-1.0, max=1.0)
+
+    @property
+    def aggregation(self) -> str:
+        """The secure aggregation in effect: ``masked``, ``tff_secure_sum`` or ``none``."""
+        if self.secure_aggregation:
+            return self.secure_aggregation
+        if self.secure_sum is not None:
+            return "tff_secure_sum" if self.secure_sum else "none"
+        return "masked"
+
+    def check(self) -> list[tuple[str, str]]:
+        if self.secure_aggregation and self.secure_sum is not None:
+            return [("secure_sum", "replaced by privacy.secure_aggregation (masked | tff_secure_sum | none); "
+                     "remove secure_sum (true = tff_secure_sum, false = none)")]
+        if self.mode == "client" and self.adaptive_clipping and self.aggregation != "none":
+            return [("adaptive_clipping", f"cannot be combined with secure_aggregation: {self.aggregation} (the "
+                     "clipped-count query runs inside TFF's aggregator); set privacy.secure_aggregation: none")]
+        return []
 
 
 @dataclass

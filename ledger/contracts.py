@@ -251,7 +251,9 @@ class ContractState(ContractHandlers):
         ``rounds/<r>[/<field>]``, ``privacy``, ``reputation[/<pubkey>]``,
         ``contributions/<pubkey>`` (every round's commitment by that hospital: traceability),
         ``access/<r>/<pubkey>`` (bool), ``nonce/<sender>/<nonce>`` (bool), ``counters``,
-        ``run/final`` (the ``run.finalize`` record, ``None`` before).
+        ``run/final`` (the ``run.finalize`` record, ``None`` before), ``kx[/<pubkey>]`` (registered
+        secure-aggregation key-agreement keys by hospital key; a round's transcript summary is
+        ``rounds/<r>/secagg``).
         """
         parts = [x for x in str(path).strip("/").split("/") if x] if path else []
         s = self._s
@@ -283,6 +285,11 @@ class ContractState(ContractHandlers):
             return self.nonce_used(rest[0], rest[1])
         if parts == ["run", "final"]:
             return copy.deepcopy(s.get("run"))
+        if head == "kx":  # secure aggregation: registered key-agreement keys by hospital key
+            node = s.get("secagg_kx", {})
+            for key in rest:
+                node = node.get(key) if isinstance(node, dict) else None
+            return copy.deepcopy(node)
         if head in ("institutions", "reputation", "pending", "privacy", "counters"):
             node = s[head]
             for key in rest:

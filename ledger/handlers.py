@@ -27,6 +27,7 @@ import math
 from typing import Any, Callable, NamedTuple
 
 from ledger import crypto
+from ledger.secagg_rules import check_transcript, transcript_summary
 from ledger.tx import Transaction
 from ledger.txkinds import ROLES, RUN_FILES, TX_KINDS
 
@@ -386,6 +387,44 @@ class ContractHandlers:
         self._s["run"] = {"rounds": p["rounds"], "files": {k: files[k] for k in RUN_FILES},
                           "finalizer": tx.sender, "height": height, "tx": tx.tx_hash().hex()}
         return ok("finalized", f"run of {p['rounds']} rounds")
+
+    # ---- secure aggregation (issue 18.1) ------------------------------------------------------
+    def _kx_owners(self) -> dict[str, str]:
+        """kx key -> identity key of each *active* hospital's registered key-agreement key."""
+        insts = self._s["institutions"]
+        return {v["kx_pubkey"]: h for h, v in sorted(self._s.get("secagg_kx", {}).items())
+                if insts.get(h, {}).get("active")}
+
+    @handles("secagg.register_kx")
+    def _register_kx(self, tx: Transaction, height: int, ts: int) -> TxResult:
+        kx = tx.payload["kx_pubkey"]
+        if not crypto.is_hex(kx, 32):
+            return no("bad_payload", "kx_pubkey must be 64 lowercase hex characters")
+        reg = self._s.get("secagg_kx", {})
+        if tx.sender in reg:
+            return no("duplicate", f"this hospital registered its kx key at height {reg[tx.sender]['height']}")
+        if any(v["kx_pubkey"] == kx for v in reg.values()):
+            return no("duplicate", "this kx key is registered to another hospital")
+        # Created only now: chains without secure aggregation keep their state roots.
+        self._s.setdefault("secagg_kx", {})[tx.sender] = {"kx_pubkey": kx, "height": height, "tx": tx.tx_hash().hex()}
+        return ok("registered", "key-agreement key")
+
+    @handles("secagg.transcript")
+    def _secagg_transcript(self, tx: Transaction, height: int, ts: int) -> TxResult:
+        p = tx.payload
+        rnd, err = self._open_round_of(p)
+        if err:
+            return err
+        assert rnd is not None
+        if rnd.get("secagg") is not None:
+            return no("duplicate", f"a secure-aggregation transcript is already recorded for round {p['round']}")
+        owners = self._kx_owners()
+        problem = check_transcript(p["transcript"], round_num=p["round"], chain_id=self._s["chain_id"], kx_owner=owners)
+        if problem is not None:
+            return no(*problem)
+        rnd["secagg"] = transcript_summary(p["transcript"], tx_hash=tx.tx_hash().hex(), kx_owner=owners)
+        state = "aborted" if p["transcript"]["aborted"] is not None else "completed"
+        return ok("recorded", f"secure aggregation of round {p['round']} ({state})")
 
 
 _missing = sorted(set(TX_KINDS) - set(HANDLERS))

@@ -58,6 +58,12 @@ TX_KINDS: Mapping[str, TxKind] = MappingProxyType({k.name: k for k in (
     _k("access.request_summary", _HOSPITAL, {"round"}, summary="a hospital reads an opened round's summary"),
     _k("run.finalize", _SERVER, {"rounds", "files"},
        summary="close the run: SHA-256 of its result files, once, after the last round (no round opens after)"),
+    _k("secagg.register_kx", _HOSPITAL, {"kx_pubkey"},
+       summary="a hospital's X25519 key-agreement key for secure aggregation, signed by its identity key "
+               "(once per hospital and key)"),
+    _k("secagg.transcript", _SERVER, {"round", "transcript"},
+       summary="the open round's secure-aggregation transcript (who sent, dropped, which shares were "
+               "revealed; never both of one hospital)"),
 )})
 
 

@@ -330,17 +330,30 @@ def _c11(ctx: ReportContext) -> list[str]:
             "size is the model's", ctx.src(on.sources + off.sources)]
 
 
+def _secure_aggregation(config: object) -> str:
+    """``privacy.secure_aggregation`` of a run's config (issue 18); older configs: ``secure_sum``
+    true = tff_secure_sum, false = none; neither = the default, masked."""
+    mode = R._dig(config, "privacy.secure_aggregation")
+    if mode:
+        return str(mode)
+    old = R._dig(config, "privacy.secure_sum")
+    return "masked" if old is None else ("tff_secure_sum" if old else "none")
+
+
 def _c12(ctx: ReportContext) -> list[str]:
     models = sorted({str(R._dig(r.config, "model.config")) for a in ARMS for r in ctx.arm_runs.get(a, [])})
     modes = sorted({str(R._dig(r.config, "privacy.mode")) for r in ctx.arm_runs.get("bfdl", [])})
-    secure = sorted({str(R._dig(r.config, "privacy.secure_sum")) for r in ctx.arm_runs.get("bfdl", [])})
+    secure = sorted({_secure_aggregation(r.config) for r in ctx.arm_runs.get("bfdl", [])})
     srcs = [r.config_file for a in ARMS for r in ctx.arm_runs.get(a, [])]
     t = (f"TensorFlow Federated FedAvg (weights n_k/n); model(s) {', '.join(models) or 'n/a'}; B-FDL DP mode "
-         f"{', '.join(modes) or 'n/a'}, secure_sum {', '.join(secure) or 'n/a'}; ledger: this repo's PBFT emulation")
+         f"{', '.join(modes) or 'n/a'}, secure aggregation {', '.join(secure) or 'n/a'}; ledger: this repo's PBFT emulation")
     return ["C12", "TFF, Hyperledger Fabric with PBFT, Solidity, U-Net + ResNet-50, DP-SGD, secure aggregation, FedAvg n_k/n", t,
             "Fabric has no PBFT orderer and runs no Solidity: PBFT + contract logic are emulated in `ledger/` "
-            "(CLAIMS note 3); TFF's simulation secure sum has the right semantics but no cryptography (note 4); "
-            "ResNet-50/U-Net at 224 px only in the paper profile (GPU)", ctx.src(srcs)]
+            "(CLAIMS note 3); " + ("secure aggregation `masked` = Bonawitz et al.'s protocol (bfdl_tff.secagg; the "
+            "server's sum of masked vectors is a TFF computation); " if "masked" in secure else "")
+            + ("TFF's simulation secure sum has the right semantics but no cryptography (note 4); "
+               if "tff_secure_sum" in secure or not secure else "")
+            + "ResNet-50/U-Net at 224 px only in the paper profile (GPU)", ctx.src(srcs)]
 
 
 def _c13(ctx: ReportContext) -> list[str]:

@@ -6,7 +6,9 @@ Vault transit).
 
 The local keystore defaults to ``$BFDL_KEYSTORE``, else ``~/.local/share/bfdl-tff/keystore``
 (:func:`bfdl_tff.keys.keystore_dir`). An ``admin`` key (the consortium's registry authority) is
-always created as well. Output lists names, roles and public keys only; private keys are never
+always created as well. Every hospital also gets an X25519 key-agreement (kx) key for secure
+aggregation (issue 18) in ``<keystore>/kx/`` - with the vault backend too, since transit has no
+X25519 key agreement; the listing shows its public key after ``kx``. Output lists names, roles and public keys only; private keys are never
 printed. A missing store, a wrong Vault URL, token or mount is one line on stderr and exit 2.
 """
 
@@ -16,6 +18,7 @@ import argparse
 
 from bfdl_tff.config import KeysConfig
 from bfdl_tff.keys import KeyStore
+from bfdl_tff.secagg.keys import KxKeyStore
 
 DEFAULT_INSTITUTIONS = "hospital-a,hospital-b,hospital-c,aggregator"
 
@@ -39,16 +42,26 @@ def _store(args: argparse.Namespace) -> KeyStore:
     return open_keystore(cfg, override=args.keystore or None)
 
 
-def _print_table(store: KeyStore, names: list[str]) -> None:
+def _kx_store(args: argparse.Namespace) -> KxKeyStore:
+    """The local kx key store (``<keystore>/kx``), not created here."""
+    from bfdl_tff.keys import keystore_dir
+
+    return KxKeyStore(keystore_dir(KeysConfig(), override=args.keystore or None) / "kx")
+
+
+def _print_table(store: KeyStore, names: list[str], kx: KxKeyStore) -> None:
     from bfdl_tff.keys import KeyStoreError, role_of
 
-    print(f"# {store.describe()}")
+    print(f"# {store.describe()}; kx keys: local {kx.path}")
     for n in names:
         try:
             role = role_of(n)
         except KeyStoreError:
             role = "?"
-        print(f"{n:<24} {role:<11} {store.public_key(n).hex()}")
+        line = f"{n:<24} {role:<11} {store.public_key(n).hex()}"
+        if role == "hospital" and kx.exists(n):
+            line += f"  kx {kx.public_key(n).hex()}"
+        print(line)
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -63,13 +76,17 @@ def _init(args: argparse.Namespace) -> int:
         names.append(ADMIN_NAME)
     store = _store(args)
     store.init_institutions(names)
-    _print_table(store, names)
+    kx = _kx_store(args)
+    for n in names:
+        if role_of(n) == "hospital":
+            kx.load_or_create(n)
+    _print_table(store, names, kx)
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
     store = _store(args)
-    _print_table(store, store.list())
+    _print_table(store, store.list(), _kx_store(args))
     return 0
 
 

@@ -69,6 +69,10 @@ class RoundContext:
     privacy: dict[str, Any]  # mode, epsilon, delta, accountant, noise_multiplier, l2_clip
     round_seconds: float
     checkpoint_path: Path | None  # the round's saved state (checkpoints/state/program_state_<t>/)
+    # Masked secure aggregation (issue 18): the round's protocol transcript
+    # (bfdl_tff.secagg.transcript.Transcript.to_record(); "aborted" holds the reason of an aborted
+    # round, whose global model is the previous round's). None for other aggregations.
+    secagg_transcript: dict[str, Any] | None = None
 
 
 @runtime_checkable
@@ -83,6 +87,15 @@ class RoundHook(Protocol):
         """Release resources (threads, ledger connections). Called by the runner in its
         ``finally``, after ``on_end`` or after a failure; must be idempotent."""
         ...
+
+
+@runtime_checkable
+class SecAggKeyringProvider(Protocol):
+    """A hook that provides the identities of masked secure aggregation (the B-FDL ledger hook:
+    keystore keys, roster from the chain). The runner asks it after ``on_start``; without one,
+    a masked run uses ephemeral in-memory keys."""
+
+    def secagg_keyring(self) -> Any: ...
 
 
 class RecordingHook:
@@ -133,4 +146,5 @@ def close_hooks(hooks: Sequence[RoundHook], *, raise_errors: bool) -> None:
         raise first
 
 
-__all__ = ["RecordingHook", "RoundContext", "RoundHook", "RunInfo", "close_hooks", "durable_through"]
+__all__ = ["RecordingHook", "RoundContext", "RoundHook", "RunInfo", "SecAggKeyringProvider", "close_hooks",
+           "durable_through"]

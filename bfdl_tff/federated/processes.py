@@ -20,10 +20,14 @@ aggregation, 3.5 differential privacy).
   ``privacy.secure_sum``.
 * ``bfdl`` arm, ``privacy.mode == none``: weighted FedAvg through the secure aggregator only.
 
-Secure sum: any secure intrinsic needs ``bfdl_tff.tff_runtime.execution_context("test")``, in
-which TFF *simulates* ``federated_secure_sum_bitwidth`` by a plain sum of the quantised values:
-the semantics (the server only obtains the sum) without the cryptography of Bonawitz et al.
-:attr:`FederatedAlgorithm.context` says which context a process needs.
+Secure sum (``privacy.secure_aggregation: tff_secure_sum``): any secure intrinsic needs
+``bfdl_tff.tff_runtime.execution_context("test")``, in which TFF *simulates*
+``federated_secure_sum_bitwidth`` by a plain sum of the quantised values: the semantics (the
+server only obtains the sum) without the cryptography of Bonawitz et al.
+:attr:`FederatedAlgorithm.context` says which context a process needs. With ``masked`` (issue 18)
+the trainer is given a :class:`bfdl_tff.federated.masked.MaskedAggregation`: the hospitals'
+updates are quantised and masked hospital-side and the server's TFF computation sums masked
+integer vectors (native context); the process's own aggregator is then not used.
 
 :class:`FederatedTrainer` runs one round as the composed process does
 (``client_work -> aggregator -> finalizer``), but runs **each hospital's client work as its own
@@ -50,6 +54,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from bfdl_tff.federated import dp_queries, dp_sgd
+from bfdl_tff.federated.client_work import _keras_parts, build_fast_model_delta_client_work
 from bfdl_tff.hashing import weights_digest
 
 log = logging.getLogger(__name__)
@@ -140,80 +145,6 @@ def _components(
 def secure_weighted_mean_factory() -> Any:
     """Weighted (``n_k``) mean whose sums go through ``SecureSumFactory`` (adaptive range)."""
     return tff.learning.secure_aggregator(zeroing=False, clipping=False, weighted=True)
-
-
-def _keras_parts(model_fn: ModelFn) -> tuple[Any, list, list] | None:
-    """(Keras model, loss functions, loss weights) behind a ``from_keras_model`` model, else None."""
-    model = model_fn()
-    parts = [getattr(model, a, None) for a in ("_keras_model", "_loss_fns", "_loss_weights")]  # TFF 0.87
-    return None if any(p is None for p in parts[:2]) else (parts[0], parts[1], parts[2] or [1.0] * len(parts[1]))
-
-
-def build_fast_model_delta_client_work(
-    model_fn: ModelFn, optimizer: tff.learning.optimizers.Optimizer
-) -> tff.learning.templates.ClientWorkProcess:
-    """TFF's ``build_model_delta_client_work`` (NUM_EXAMPLES weighting) for Keras models, without its
-    per-batch metric updates: each batch ``loss = sum_i w_i loss_i(y_i, model(x, training=True))``
-    (exactly ``from_keras_model``'s forward-pass loss), the optimizer step, then the update
-    ``w_t - w_t^k`` with weight = examples seen (0 and zeroed if non-finite). About twice as fast
-    per image as TFF's version on the default model (docs/sweeps.md). Measurements:
-    ``train/loss`` (example-weighted mean batch loss) and ``train/num_examples``."""
-    weights_type = tff.learning.models.weights_type_from_model(model_fn)
-    data_type = tff.SequenceType(tff.types.tensorflow_to_type(model_fn().input_spec))
-
-    @tff.tensorflow.computation(weights_type, data_type)
-    def client_update(initial_weights, dataset):
-        model = model_fn()
-        km, loss_fns, loss_weights = _keras_parts(lambda: model)  # type: ignore[misc]
-        mw = tff.learning.models.ModelWeights.from_model(model)
-        trainable = tuple(mw.trainable)
-        specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
-
-        @tf.function
-        def run(initial_weights, dataset):
-            tf.nest.map_structure(lambda v, t: v.assign(t), mw, initial_weights)
-
-            def step(state, batch):
-                opt_state, n, loss_sum = state
-                x, y = batch
-                with tf.GradientTape() as tape:
-                    pred = km(x, training=True)
-                    if len(loss_fns) == 1:
-                        loss = tf.add_n([loss_fns[0](y_true=y, y_pred=pred)] + km.losses)
-                    else:
-                        loss = tf.add_n([tf.zeros(())] + km.losses)
-                        for i, (fn, w) in enumerate(zip(loss_fns, loss_weights)):
-                            loss += w * fn(y_true=y[i], y_pred=pred[i])
-                grads = tape.gradient(loss, trainable)
-                opt_state, new_w = optimizer.next(opt_state, trainable, grads)
-                for v, w in zip(trainable, new_w):
-                    v.assign(w)
-                b = tf.shape(tf.nest.flatten(x)[0])[0]
-                return opt_state, n + tf.cast(b, tf.int64), loss_sum + loss * tf.cast(b, tf.float32)
-
-            init = (optimizer.initialize(specs), tf.constant(0, tf.int64), tf.constant(0.0))
-            _, n, loss_sum = dataset.reduce(init, step)
-            return tuple(tf.subtract(a, v.read_value()) for a, v in zip(initial_weights.trainable, trainable)), n, loss_sum
-
-        update, n, loss_sum = run(initial_weights, dataset)
-        update, finite = dp_sgd._zero_if_non_finite(update)
-        weight = tf.where(finite, tf.cast(n, tf.float32), 0.0)
-        metrics = collections.OrderedDict(loss=loss_sum / tf.maximum(tf.cast(n, tf.float32), 1.0), num_examples=n)
-        return tff.learning.templates.ClientResult(update=update, update_weight=weight), metrics
-
-    @tff.federated_computation
-    def init_fn():
-        return tff.federated_value((), tff.SERVER)
-
-    @tff.federated_computation(init_fn.type_signature.result, tff.FederatedType(weights_type, tff.CLIENTS),
-                               tff.FederatedType(data_type, tff.CLIENTS))
-    def next_fn(state, weights, client_data):
-        result, metrics = tff.federated_map(client_update, (weights, client_data))
-        train = collections.OrderedDict(loss=tff.federated_mean(metrics.loss, weight=result.update_weight),
-                                        num_examples=tff.federated_sum(metrics.num_examples))
-        return tff.templates.MeasuredProcessOutput(state, result, tff.federated_zip(collections.OrderedDict(train=train)))
-
-    return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
 
 
 def build_fedavg(
@@ -439,6 +370,7 @@ class RoundOutput:
     train_loss: float
     update_rejected: bool
     secure_sum_rel_error: float | None
+    secagg: Any = None  # bfdl_tff.federated.masked.MaskedOutcome under masked secure aggregation
 
 
 def _np_list(x: Any) -> list[np.ndarray]:
@@ -460,6 +392,14 @@ def _to_float_dict(d: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _train_loss(clients: Mapping[str, ClientRound]) -> float:
+    """Example-weighted mean training loss of the accepted updates (NaN if none)."""
+    losses = [(c.metrics.get("train/loss"), c.metrics.get("train/num_examples", 1.0)) for c in clients.values() if not c.rejected]
+    losses = [(l, n) for l, n in losses if l is not None and np.isfinite(l)]
+    n_tot = sum(n for _, n in losses)
+    return float(sum(l * n for l, n in losses) / n_tot) if n_tot else float("nan")
+
+
 class FederatedTrainer:
     """Runs rounds of a :class:`FederatedAlgorithm`, one TFF computation per hospital's client work.
 
@@ -468,8 +408,11 @@ class FederatedTrainer:
     by the hospital on its own update before aggregation) and the TFF measurements.
     """
 
-    def __init__(self, algorithm: FederatedAlgorithm) -> None:
+    def __init__(self, algorithm: FederatedAlgorithm, *, masked: Any = None) -> None:
+        """``masked``: a :class:`bfdl_tff.federated.masked.MaskedAggregation` replaces the
+        process's aggregator (``privacy.secure_aggregation: masked``)."""
         self.algorithm = algorithm
+        self.masked = masked
 
     def initialize(self, initial_weights: tff.learning.models.ModelWeights | None = None) -> Any:
         state = self.algorithm.process.initialize()
@@ -480,7 +423,14 @@ class FederatedTrainer:
     def get_model_weights(self, state: Any) -> Any:
         return self.algorithm.process.get_model_weights(state)
 
-    def run_round(self, state: Any, client_data: Mapping[str, tf.data.Dataset]) -> RoundOutput:
+    def run_round(self, state: Any, client_data: Mapping[str, tf.data.Dataset], *, round_num: int = 0) -> RoundOutput:
+        clients, cw_state = self._client_work(state, client_data)
+        if self.masked is not None:
+            return self._masked_round(state, clients, cw_state, round_num)
+        return self._aggregate(state, clients, cw_state)
+
+    def _client_work(self, state: Any, client_data: Mapping[str, tf.data.Dataset]) -> tuple[dict[str, ClientRound], Any]:
+        """Hospital side: each hospital's local training as its own TFF computation."""
         alg = self.algorithm
         weights = state.global_model_weights
         clients: dict[str, ClientRound] = {}
@@ -501,8 +451,36 @@ class FederatedTrainer:
             if rejected:
                 log.warning("round update from %s rejected: %s", name, rejected)
             clients[name] = ClientRound(name=name, update=update, weight=weight, commitment=commitment, metrics=m, rejected=rejected)
+        return clients, cw_state
 
-        # --- aggregation over all participants (DP / secure sum inside the TFF aggregator) ---
+    def _masked_round(self, state: Any, clients: dict[str, ClientRound], cw_state: Any, round_num: int) -> RoundOutput:
+        """Masked secure aggregation (issue 18): hospital-side quantise + mask, the server's TFF
+        sum of masked vectors, unmasking; an aborted round applies nothing (state unchanged)."""
+        alg = self.algorithm
+        outcome = self.masked.aggregate(round_num, {n: c.update for n, c in clients.items()},
+                                        {n: c.weight for n, c in clients.items()})
+        loss = _train_loss(clients)
+        if outcome.mean_update is None:
+            return RoundOutput(state=state, clients=clients, aggregate=[], aggregator_measurements=None,
+                               finalizer_measurements=None, train_loss=loss, update_rejected=False,
+                               secure_sum_rel_error=None, secagg=outcome)
+        weights = state.global_model_weights
+        mean = tf.nest.pack_sequence_as(weights.trainable, outcome.mean_update)
+        fin_out = alg.finalizer.next(state.finalizer, weights, mean)
+        update_rejected = bool(_to_float_dict(fin_out.measurements).get("update_non_finite", 0))
+        new_state = tff.learning.templates.LearningAlgorithmState(
+            global_model_weights=fin_out.result, distributor=state.distributor, client_work=cw_state,
+            aggregator=state.aggregator, finalizer=fin_out.state,
+        )
+        return RoundOutput(state=new_state, clients=clients, aggregate=list(outcome.mean_update),
+                           aggregator_measurements=None, finalizer_measurements=fin_out.measurements, train_loss=loss,
+                           update_rejected=update_rejected, secure_sum_rel_error=outcome.metrics.get("secagg_rel_error"),
+                           secagg=outcome)
+
+    def _aggregate(self, state: Any, clients: dict[str, ClientRound], cw_state: Any) -> RoundOutput:
+        """Aggregation over all participants (DP / secure sum inside the TFF aggregator)."""
+        alg = self.algorithm
+        weights = state.global_model_weights
         updates = [tf.nest.pack_sequence_as(weights.trainable, c.update) for c in clients.values()]
         # The aggregator API is weighted; unweighted (DP) factories are wrapped and ignore weights.
         weights_k = [float(c.weight) for c in clients.values()]
@@ -542,10 +520,7 @@ class FederatedTrainer:
             aggregator=agg_out.state,
             finalizer=fin_out.state,
         )
-        losses = [(c.metrics.get("train/loss"), c.metrics.get("train/num_examples", 1.0)) for c in clients.values() if not c.rejected]
-        losses = [(l, n) for l, n in losses if l is not None and np.isfinite(l)]
-        n_tot = sum(n for _, n in losses)
-        train_loss = float(sum(l * n for l, n in losses) / n_tot) if n_tot else float("nan")
+        train_loss = _train_loss(clients)
         return RoundOutput(
             state=new_state,
             clients=clients,

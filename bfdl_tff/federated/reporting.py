@@ -37,6 +37,11 @@ BASE_COLUMNS = [
     "bytes_uploaded",
     "cum_bytes",
 ]
+#: Masked secure aggregation (issue 18): 1 if the round aborted (model unchanged), survivors,
+#: dropped hospitals, coordinates clipped to the range, the largest bytes one hospital sent, the
+#: slowest hospital's and the server's protocol time (ms).
+SECAGG_COLUMNS = ["secagg_aborted", "secagg_survivors", "secagg_dropped", "secagg_clipped", "secagg_bytes_sent_max",
+                  "secagg_client_ms_max", "secagg_server_ms"]
 EXTRA_COLUMNS = [
     "train_s",
     "eval_s",
@@ -49,6 +54,7 @@ EXTRA_COLUMNS = [
     "update_non_finite",
     "secure_sum_rel_error",
     "clipped_fraction",
+    *SECAGG_COLUMNS,
 ]
 
 def metrics_columns(findings: Sequence[str]) -> list[str]:
@@ -115,6 +121,7 @@ def round_row(
         "update_non_finite": int(rr.update_non_finite),
         "secure_sum_rel_error": rr.secure_sum_rel_error,
         "clipped_fraction": rr.clipped_fraction,
+        **{c: rr.secagg.get(c) for c in SECAGG_COLUMNS},
     }
     if ev:
         for fnd in findings:
@@ -175,7 +182,8 @@ def build_summary(
         "accountant": sched.accountant if dp else None,
         "noise_multiplier": sched.noise_multiplier if dp else 0.0,
         "l2_clip": cfg.privacy.l2_clip if dp else None,
-        "secure_sum": bool(cfg.arm == "bfdl" and cfg.privacy.secure_sum),
+        "secure_aggregation": cfg.privacy.aggregation if cfg.arm == "bfdl" else "none",
+        "secure_sum": bool(cfg.arm == "bfdl" and cfg.privacy.aggregation != "none"),  # old key: any secure aggregation
         "privacy_note": sched.note(),
         "bytes_broadcast_total": int(sum(r.get("bytes_broadcast") or 0 for r in rows)),
         "bytes_uploaded_total": int(sum(r.get("bytes_uploaded") or 0 for r in rows)),
@@ -189,6 +197,9 @@ def build_summary(
     errs = [r.get("secure_sum_rel_error") for r in rows if r.get("secure_sum_rel_error") is not None]
     if errs:
         out["secure_sum_rel_error_max"] = float(max(errs))
+    if any(r.get("secagg_aborted") is not None for r in rows):
+        out["secagg_aborted_rounds"] = [int(r["round"]) for r in rows if r.get("secagg_aborted")]
+        out["secagg_dropped_total"] = int(sum(r.get("secagg_dropped") or 0 for r in rows))
     return out
 
 
@@ -230,6 +241,7 @@ class MetricsLog:
 __all__ = [
     "BASE_COLUMNS",
     "EXTRA_COLUMNS",
+    "SECAGG_COLUMNS",
     "MetricsLog",
     "build_summary",
     "finite_or_none",

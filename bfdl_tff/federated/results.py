@@ -28,6 +28,11 @@ class RoundResult:
     update_non_finite: bool = False  # TFF's finalizer rejected the aggregate; model unchanged
     secure_sum_rel_error: float | None = None  # effect of 32-bit secure-sum quantisation
     clipped_fraction: float | None = None  # DP-SGD: mean fraction of clipped per-example gradients
+    # Masked secure aggregation (issue 18): the round's protocol transcript (for the ledger), the
+    # abort reason (the global model is then unchanged) and the protocol's measurements.
+    secagg_transcript: dict[str, Any] | None = None
+    secagg_aborted: str | None = None
+    secagg: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -7,7 +7,9 @@
   ``federated.centralized_epochs``);
 * ``federated``: TFF weighted FedAvg (``n_k / n``), no privacy layer;
 * ``bfdl``: the paper's B-FDL: DP (``privacy.mode``: ``client`` DP-FedAvg or ``sample`` DP-SGD),
-  secure aggregation (``privacy.secure_sum``) and the ledger hook passed in ``hooks``.
+  secure aggregation (``privacy.secure_aggregation``: ``masked`` = the cryptographic protocol of
+  :mod:`bfdl_tff.secagg`, keys from the ledger hook or ephemeral; ``tff_secure_sum``; ``none``)
+  and the ledger hook passed in ``hooks``.
 
 The loop (:meth:`Runner.fit`, modelled on Flower's ``Server.fit``) drives an engine
 (:mod:`~bfdl_tff.federated.engine`; :mod:`~bfdl_tff.federated.tff_engine`,
@@ -32,6 +34,13 @@ already written. Crash injection (tests): :mod:`bfdl_tff.faults` steps ``after_c
 Errors before training (``BfdlError``): unknown arm, a hospital without training examples,
 model input size / channels different from the data, an epsilon that the schedule cannot reach
 (``accounting.PrivacyBudgetError``), delta not below ``1/n``, an empty test split.
+Secure aggregation aborted (masked; a malformed or out-of-range masked vector, a bad signature, a
+duplicate message, fewer than t survivors): nothing of the round is applied - the global model
+and the whole TFF state stay the previous round's - the reason is logged (WARNING), written to
+``metrics.csv`` (``secagg_aborted``) and ``summary.json`` (``secagg_aborted_rounds``), and the
+round's transcript with the reason goes to the hooks (the ledger records it); the run continues
+with the next round (fresh protocol keys). The round still counts for privacy accounting: the
+hospitals ran their DP-SGD and sent their masked outputs.
 NaN/Inf: a hospital whose update is non-finite is rejected (TFF zeroes it, weight 0) and the
 reason logged and written to ``metrics.csv`` (``rejected``); a non-finite aggregate is rejected by
 TFF's finalizer (``update_non_finite``), logged, and the global model is left unchanged.
@@ -43,6 +52,7 @@ import contextlib
 import json
 import logging
 import math
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -56,7 +66,7 @@ from bfdl_tff.errors import BfdlError, ConfigError
 from bfdl_tff.federated import accounting
 from bfdl_tff.federated.checkpoints import Checkpoint, CheckpointStore, json_safe
 from bfdl_tff.federated.engine import Engine
-from bfdl_tff.federated.hooks import RoundContext, RoundHook, RunInfo, close_hooks, durable_through
+from bfdl_tff.federated.hooks import RoundContext, RoundHook, RunInfo, SecAggKeyringProvider, close_hooks, durable_through
 from bfdl_tff.federated.inputs import FederationData, concat_sets, load_data, validate_setup
 from bfdl_tff.federated.reporting import (
     BASE_COLUMNS,
@@ -122,6 +132,7 @@ class Runner:
             with self.tff_context():
                 state, pending = self.restore()
                 state = self.start_hooks(state, pending)
+                self.attach_keyring()
                 state = self.fit(state)
                 weights, evaluation = self.final_model(state)
             return self.finish(weights, evaluation, time.perf_counter() - t_start)
@@ -235,12 +246,32 @@ class Runner:
             self.round_durable(self.start_round)
         return state
 
+    def attach_keyring(self) -> None:
+        """Masked secure aggregation: the protocol identities of the ledger hook (keystore keys,
+        roster from the chain), else ephemeral in-memory keys (no ledger to register them)."""
+        attach = getattr(self.engine, "attach_secagg_keyring", None)
+        if attach is None or getattr(self.engine, "aggregation", None) != "masked":
+            return
+        from bfdl_tff.secagg.keyring import EphemeralKeyring
+
+        providers = [h for h in self.hooks if isinstance(h, SecAggKeyringProvider)]
+        if len(providers) > 1:
+            raise TrainingError("more than one hook provides secure-aggregation keys")
+        keyring = providers[0].secagg_keyring() if providers else EphemeralKeyring(
+            self.data.names, run_id=f"{self.cfg.name}-{secrets.token_hex(4)}",
+            noise_seed=self.cfg.resolved_seeds()["dp_noise"])
+        attach(keyring)
+        log.info("masked secure aggregation; keys: %s", keyring.describe())
+
     # ---- one round ----------------------------------------------------------------------
     def train_round(self, state: Any, r: int) -> tuple[Any, RoundRecord]:
         """Train round ``r``, evaluate if due, account privacy and bytes: the round's record."""
         t0 = time.perf_counter()
         state, rr = self.engine.run_round(state, r)
         train_s = time.perf_counter() - t0
+        if rr.secagg_aborted:
+            log.warning("round %d: secure aggregation aborted, global model unchanged (recorded on the ledger): %s",
+                        r, rr.secagg_aborted)
         gw = self.engine.global_weights(state)
         if not _all_finite(gw):
             raise TrainingError(f"round {r}: the global model has non-finite weights; stopping (checkpoint of round {r - 1} kept)")
@@ -271,6 +302,7 @@ class Runner:
             "global_digest": weights_digest(rec.global_weights),
             "last_eval": self.last_eval,
             "hooks_done": not self.hooks,
+            "secagg_transcript": rr.secagg_transcript,
         }
         ckpt = self.ckpts.save(rec.round_num, self.engine.state_arrays(state), meta)
         if self.hooks:
@@ -297,6 +329,7 @@ class Runner:
             privacy=self.round_privacy(rec),
             round_seconds=rec.seconds,
             checkpoint_path=ckpt.state_path,
+            secagg_transcript=rec.result.secagg_transcript,
         )
         for h in self.hooks:
             h.on_round_end(ctx)
@@ -383,6 +416,7 @@ class Runner:
             privacy=dict(meta["privacy"]),
             round_seconds=float(meta["round_seconds"]),
             checkpoint_path=ckpt.state_path,
+            secagg_transcript=meta.get("secagg_transcript"),
         )
 
     def progress_bar(self) -> Any:

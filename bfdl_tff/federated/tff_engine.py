@@ -3,8 +3,11 @@ aggregation).
 
 ``privacy.mode`` picks the learning process (:mod:`bfdl_tff.federated.processes`): weighted
 FedAvg (``none``), DP-FedAvg with client-level clipping and Gaussian noise (``client``) or
-hospital-side DP-SGD (``sample``); the ``bfdl`` arm with ``privacy.secure_sum`` aggregates through
-TFF's secure sum (which needs the ``test`` execution context). A round runs one TFF computation per
+hospital-side DP-SGD (``sample``). The ``bfdl`` arm aggregates with ``privacy.secure_aggregation``:
+``masked`` (default; issue 18) runs the cryptographic protocol of :mod:`bfdl_tff.secagg` through
+:class:`bfdl_tff.federated.masked.MaskedAggregation` (keys from the runner's keyring: the ledger
+hook's, else ephemeral; native context), ``tff_secure_sum`` TFF's secure sum (which needs the
+``test`` execution context), ``none`` the plain mean. A round runs one TFF computation per
 hospital's client work and then the aggregation (``processes.FederatedTrainer``), so each hospital
 can commit to its own update (:mod:`bfdl_tff.federated.hooks`).
 """
@@ -29,7 +32,7 @@ def build_algorithm(cfg: ExperimentConfig, bundle: Any, sched: accounting.Privac
 
     f, p = cfg.federated, cfg.privacy
     client_opt, server_opt = processes.arm_optimizers(cfg)
-    secure = cfg.arm == "bfdl" and p.secure_sum
+    secure = aggregation_of(cfg) == "tff_secure_sum"  # masked: the process's aggregator is not used
     if sched.mode == "client":
         return processes.build_dp_fedavg(
             bundle.model_fn,
@@ -61,6 +64,27 @@ def build_algorithm(cfg: ExperimentConfig, bundle: Any, sched: accounting.Privac
     return processes.build_fedavg(bundle.model_fn, client_optimizer=client_opt, server_optimizer=server_opt, secure_sum=secure)
 
 
+def aggregation_of(cfg: ExperimentConfig) -> str:
+    """The secure aggregation of the run: ``privacy.secure_aggregation`` for the ``bfdl`` arm."""
+    return cfg.privacy.aggregation if cfg.arm == "bfdl" else "none"
+
+
+def masked_settings(cfg: ExperimentConfig, sched: accounting.PrivacySchedule, participants: int) -> Any:
+    """The protocol settings (``privacy.secagg_*``). Client-level DP adds distributed noise of
+    stddev ``z C / sqrt(t)`` per coordinate, so its range grows to ``C + 6 z C / sqrt(t)``."""
+    from bfdl_tff.secagg.aggregate import MaskedSettings
+
+    p = cfg.privacy
+    s = MaskedSettings(bits=p.secagg_bits, clip=p.secagg_clip, threshold=p.secagg_threshold,
+                       neighbours=p.secagg_neighbours, consistency_check=p.secagg_consistency_check)
+    if sched.mode == "client":
+        t = s.params(run_id="-", round_num=0, participants=tuple(range(1, participants + 1)), vector_length=1).threshold
+        clip = max(p.secagg_clip, p.l2_clip * (1.0 + 6.0 * sched.noise_multiplier / np.sqrt(t)))
+        s = MaskedSettings(bits=s.bits, clip=clip, threshold=s.threshold, neighbours=s.neighbours,
+                           consistency_check=s.consistency_check)
+    return s
+
+
 class FederatedEngine:
     """Runs the ``federated`` / ``bfdl`` arms with TFF (an :class:`~bfdl_tff.federated.engine.Engine`).
 
@@ -80,6 +104,26 @@ class FederatedEngine:
         self.trainer = processes.FederatedTrainer(self.algorithm)
         self.traffic = communication.process_traffic(self.algorithm)
         self.context_kind: ContextKind | None = self.algorithm.context
+        self.aggregation = aggregation_of(cfg)
+        self.masked: Any = None  # MaskedAggregation, once the runner attached the keyring
+
+    def attach_secagg_keyring(self, keyring: Any) -> None:
+        """Masked secure aggregation: the identities of the round protocol (a
+        :class:`bfdl_tff.secagg.keyring.Keyring`). Call before the first round."""
+        from bfdl_tff.federated.masked import MaskedAggregation, client_noise_for
+
+        if self.aggregation != "masked":
+            return
+        k = len(self.participants(1))
+        settings = masked_settings(self.cfg, self.sched, k)
+        noise = None
+        if self.sched.mode == "client":
+            t = settings.params(run_id="-", round_num=0, participants=tuple(range(1, k + 1)), vector_length=1).threshold
+            noise = client_noise_for(l2_clip=self.cfg.privacy.l2_clip, noise_multiplier=self.sched.noise_multiplier,
+                                     threshold=t)
+        self.masked = MaskedAggregation(settings=settings, keyring=keyring, weighted=self.algorithm.weighted,
+                                        client_noise=noise)
+        self.trainer.masked = self.masked
 
     def attach_initial_model(self, init_keras: Any) -> None:
         """The server's initial weights (seeded Keras model), set explicitly into the TFF state."""
@@ -106,7 +150,12 @@ class FederatedEngine:
         return self.order.to_keras(self.trainer.get_model_weights(state))
 
     def summary_extra(self) -> dict[str, Any]:
-        return {}
+        if self.masked is None:
+            return {}
+        return {"secagg": {**{k: getattr(self.masked.settings, k) for k in
+                              ("bits", "clip", "threshold", "neighbours", "consistency_check")},
+                           "keys": self.masked.keyring.describe(),
+                           "client_level_noise": self.masked.client_noise is not None}}
 
     # round -------------------------------------------------------------------------------
     def participants(self, round_num: int) -> list[str]:
@@ -142,10 +191,15 @@ class FederatedEngine:
     def run_round(self, state: Any, round_num: int) -> tuple[Any, RoundResult]:
         parts = self.participants(round_num)
         datasets = {n: self.client_dataset(n, round_num) for n in parts}
-        out = self.trainer.run_round(state, datasets)
+        if self.aggregation == "masked" and self.masked is None:
+            raise RuntimeError("masked secure aggregation needs a keyring (FederatedEngine.attach_secagg_keyring)")
+        out = self.trainer.run_round(state, datasets, round_num=round_num)
         bb, bu = self.traffic.round_bytes(len(parts))
         clipped = [c.metrics.get("train/clipped_fraction") for c in out.clients.values()]
         clipped = [c for c in clipped if c is not None]
+        sa = out.secagg
+        if sa is not None:  # the protocol's measured wire bytes (masked vectors, keys, shares, signatures)
+            bu = int(sum(sa.raw.bytes_sent.values()))
         return out.state, RoundResult(
             participants=parts,
             commitments={n: c.commitment for n, c in out.clients.items()},
@@ -156,7 +210,10 @@ class FederatedEngine:
             update_non_finite=out.update_rejected,
             secure_sum_rel_error=out.secure_sum_rel_error,
             clipped_fraction=float(np.mean(clipped)) if clipped else None,
+            secagg_transcript=sa.transcript if sa is not None else None,
+            secagg_aborted=sa.aborted if sa is not None else None,
+            secagg=dict(sa.metrics) if sa is not None else {},
         )
 
 
-__all__ = ["FederatedEngine", "build_algorithm"]
+__all__ = ["FederatedEngine", "aggregation_of", "build_algorithm", "masked_settings"]

@@ -19,8 +19,8 @@ from ledger.storage import LedgerStore
 #: The transaction kind that binds a run's result files to its chain (issue 17.3).
 FINALIZE_KIND = "run.finalize"
 #: Kinds that belong to one round (their payload carries ``round``).
-ROUND_KINDS = ("round.open", "round.commit_update", "round.global_model", "privacy.record", "metrics.record",
-               "access.request_summary", "round.close", "round.abort")
+ROUND_KINDS = ("round.open", "round.commit_update", "secagg.transcript", "round.global_model", "privacy.record",
+               "metrics.record", "access.request_summary", "round.close", "round.abort")
 #: Crash recovery (issue 17.1): ends the open attempt of a round, which may then be recorded again.
 ABORT_KIND = "round.abort"
 
@@ -60,6 +60,7 @@ class RoundView:
     privacy: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     access: list[str] = field(default_factory=list)
+    secagg: list[TxRecord] = field(default_factory=list)  # accepted secagg.transcript transactions
     opened_ms: int | None = None
     closed_ms: int | None = None
     # Earlier attempts ended by round.abort: {"reason", "height", "commitments"} each (the fields
@@ -87,6 +88,8 @@ class RoundView:
             self.privacy = dict(p)
         elif t.kind == "metrics.record":
             self.metrics = dict(p.get("metrics") or {})
+        elif t.kind == "secagg.transcript":
+            self.secagg.append(t)
         elif t.kind == "access.request_summary":
             self.access.append(names.get(t.sender, t.sender[:16]))
         elif t.kind == "round.close":

@@ -63,6 +63,12 @@ from bfdl_tff.integration.outbox import Outbox
 from bfdl_tff.integration.reconcile import ChainRounds, Reconciler, longest_chain, submit_round
 from bfdl_tff.integration.ledger_summary import RoundTiming, RunTiming, build_summary, previous_timings
 from bfdl_tff.integration.round_txs import RoundJob, RoundSigner, save_openings
+from bfdl_tff.integration.secagg import (
+    LedgerKeyring,
+    SecAggIdentities,
+    register_kx_keys,
+    roster_from_chain,
+)
 from bfdl_tff.io_utils import atomic_write_json
 from bfdl_tff.keys import (
     ADMIN_NAME,
@@ -72,11 +78,13 @@ from bfdl_tff.keys import (
     ensure_outside,
     key_name,
     keystore_dir,
+    kx_keys_dir,
     open_keystore,
     replica_keys_dir,
     role_of,
 )
 from bfdl_tff.runs import RunDir
+from bfdl_tff.secagg.keys import KxKeyStore
 
 AUDITOR_NAME = "auditor"
 
@@ -87,10 +95,13 @@ class LedgerHook:
     def __init__(self, run: RunDir, *, keystore: KeyStore, keystore_root: Path | None = None, replicas: int = 4,
                  transport: str = "inproc", batch_size: int = 64, checkpoint_interval: int = 10,
                  epsilon_cap: float = 1.0, seed: int = 0, create_missing_keys: bool = True,
-                 wait_for_commit: bool = False, request_summaries: bool = True) -> None:
+                 wait_for_commit: bool = False, request_summaries: bool = True, secagg: bool = False,
+                 kx_store: KxKeyStore | None = None) -> None:
         """``keystore_root``: the local keystore directory that holds the replica keys
         (default :func:`bfdl_tff.keys.default_keystore_dir`); ``seed`` only seeds the in-process
-        network's scheduler."""
+        network's scheduler. ``secagg``: the run uses masked secure aggregation (issue 18): the
+        hospitals' kx keys (``kx_store``, default ``<keystore_root>/kx``) are registered at start
+        and every round must carry its protocol transcript (``RoundContext.secagg_transcript``)."""
         self.run = run
         self.files = L.LedgerFiles.of(run)
         self.outbox = Outbox(self.files.outbox_dir)
@@ -105,6 +116,9 @@ class LedgerHook:
         self.create_missing_keys = create_missing_keys
         self.wait_for_commit = wait_for_commit
         self.request_summaries = request_summaries
+        self.secagg = secagg
+        self.kx_store = kx_store if kx_store is not None else KxKeyStore(kx_keys_dir(self.keystore_root))
+        self.secagg_identities: SecAggIdentities | None = None  # set at start when ``secagg``
         self.cluster: LocalCluster | None = None
         self.genesis: Genesis | None = None
         self.signer: RoundSigner | None = None
@@ -155,6 +169,7 @@ class LedgerHook:
         self.signer = RoundSigner(signers=signers, names=names, chain_id=self.genesis.chain_id,
                                   offchain=self.files.offchain(), request_summaries=self.request_summaries)
         self._register(knames)
+        kx = self._start_secagg(hospitals, names, signers) if self.secagg else {}
         # Resume: reconcile the chain with the checkpoints and the outbox; rounds closed on chain
         # are not recorded again.
         rec = Reconciler(self.cluster, self.files, self.outbox, self.signer, self.genesis, start_round,
@@ -167,12 +182,32 @@ class LedgerHook:
             "chain_id": self.genesis.chain_id,
             "keys_backend": self.keystore.backend,
             "keys_location": self.keystore.describe(),
-            "institutions": {k: {"role": role_of(k), "pubkey": signers[k].public_key().hex()} for k in knames},
+            "institutions": {k: {"role": role_of(k), "pubkey": signers[k].public_key().hex(),
+                                 **({"kx_pubkey": kx[k]} if k in kx else {})} for k in knames},
             "hospital_names": {n: names[n] for n in hospitals},
+            **({"kx_location": f"local kx key store {self.kx_store.path}"} if self.secagg else {}),
         })
         self._worker = threading.Thread(target=self._run_worker, name="bfdl-ledger-hook", daemon=True)
         self._worker.start()
         self.timing.registration_seconds = time.perf_counter() - t0
+
+    def _start_secagg(self, hospitals: list[str], names: dict[str, str], signers: dict) -> dict[str, str]:
+        """Register the hospitals' kx keys (waited for) and read the protocol roster from the chain."""
+        assert self.cluster is not None and self.signer is not None and self.genesis is not None
+        kx = register_kx_keys(self.cluster, sign=self.signer.sign, signers=signers, kx_store=self.kx_store,
+                              key_names=[names[h] for h in hospitals], create=self.create_missing_keys)
+        roster = roster_from_chain(self.cluster, hospitals=hospitals,
+                                   identity_keys={h: signers[names[h]].public_key().hex() for h in hospitals})
+        self.secagg_identities = SecAggIdentities(
+            run_id=self.genesis.chain_id, hospitals=tuple(hospitals), roster=roster,
+            signers={h: signers[names[h]] for h in hospitals}, key_names={h: names[h] for h in hospitals},
+            kx_store=self.kx_store,
+            where=f"identity keys: {self.keystore.describe()}; kx keys: local {self.kx_store.path}; roster from the chain")
+        return kx
+
+    def secagg_keyring(self) -> LedgerKeyring:
+        """The keyring the runner's masked aggregation uses (valid after :meth:`on_start`)."""
+        return LedgerKeyring(self)
 
     def _load_or_create_genesis(self, admin_pubkey: bytes) -> Genesis:
         """The recorded genesis (resume), or a new one listing the run's replica keys."""
@@ -233,6 +268,9 @@ class LedgerHook:
                 f"round {r}: round {self._next_round} is not on the ledger "
                 f"(last recorded round {self._next_round - 1}); refusing to leave a gap in the chain")
         assert self.signer is not None
+        if self.secagg and getattr(ctx, "secagg_transcript", None) is None:
+            raise LedgerHookError(f"round {r}: the run uses masked secure aggregation but the round carries no "
+                                  "protocol transcript; nothing of this round was submitted")
         missing = [p for p in ctx.participants if p not in ctx.client_commitments]
         if missing:
             raise LedgerHookError(f"round {r}: no update commitment from {', '.join(missing)}")
@@ -392,7 +430,9 @@ def build_ledger_hook(cfg: ExperimentConfig, run: RunDir) -> LedgerHook:
     """The hook for ``cfg.arm == "bfdl"`` with ``cfg.ledger.enabled``.
 
     Keys: ``cfg.keys`` (the local keystore :func:`bfdl_tff.keys.keystore_dir`, refused inside the
-    run directory, holds the institution keys of the local backend and the replica keys); privacy cap: ``cfg.ledger.epsilon_cap`` or, when 0, ``cfg.privacy.target_epsilon``.
+    run directory, holds the institution keys of the local backend, the replica keys and, for
+    ``privacy.secure_aggregation: masked``, the hospitals' kx keys under ``kx/``); privacy cap:
+    ``cfg.ledger.epsilon_cap`` or, when 0, ``cfg.privacy.target_epsilon``.
     """
     root = keystore_dir(cfg.keys)  # institution keys (local backend) and the replica keys
     ensure_outside(root, run.path)
@@ -408,6 +448,8 @@ def build_ledger_hook(cfg: ExperimentConfig, run: RunDir) -> LedgerHook:
         seed=cfg.seed,
         create_missing_keys=cfg.keys.create_missing,
         wait_for_commit=cfg.ledger.wait_for_commit,
+        secagg=cfg.privacy.aggregation == "masked",
+        kx_store=KxKeyStore(kx_keys_dir(root)),
     )
 
 

@@ -7,6 +7,8 @@ kind                         signer      payload
 ``round.open``               aggregator  round
 ``round.commit_update`` x K  hospital k  round, salted commitment to the hospital's update,
                                          num_examples, salt_hash (participation + commitment)
+``secagg.transcript``        aggregator  round, the secure-aggregation protocol transcript
+                                         (masked runs only; issue 18)
 ``round.global_model``       aggregator  round, weights_digest(global weights), off-chain
                                          checkpoint address and SHA-256
 ``privacy.record``           aggregator  round, epsilon, delta, accountant, noise multiplier
@@ -17,7 +19,8 @@ kind                         signer      payload
 ``round.close``              aggregator  round (the contract updates reputations)
 ===========================  ==========  ===================================================
 
-i.e. ``2K + 5`` transactions per round (11 with the paper's three hospitals). No half-signed
+i.e. ``2K + 5`` transactions per round (11 with the paper's three hospitals; ``2K + 6`` with
+masked secure aggregation). No half-signed
 round: :meth:`RoundSigner.round_txs` signs every transaction before any is submitted, so a signing
 failure (Vault down, wrong token, missing key) raises before anything reaches the chain.
 """
@@ -55,6 +58,7 @@ class RoundJob:
     metrics: dict[str, Any]
     privacy: dict[str, Any]
     round_seconds: float
+    secagg_transcript: dict[str, Any] | None = None  # masked secure aggregation (issue 18)
 
     @classmethod
     def from_context(cls, ctx: RoundContext) -> "RoundJob":
@@ -67,6 +71,7 @@ class RoundJob:
             metrics=dict(ctx.metrics),
             privacy=dict(ctx.privacy or {}),
             round_seconds=float(ctx.round_seconds),
+            secagg_transcript=getattr(ctx, "secagg_transcript", None),
         )
 
 
@@ -122,6 +127,8 @@ class RoundSigner:
         out = SignedRound(round_num=r, txs=[self.sign(agg, "round.open", {"round": r})])
         for h in job.participants:
             out.txs.append(self._commitment(job, h, out.openings))
+        if job.secagg_transcript is not None:
+            out.txs.append(self.sign(agg, "secagg.transcript", {"round": r, "transcript": job.secagg_transcript}))
         out.txs.append(self.sign(agg, "round.global_model", {
             "round": r, "model_hash": weights_digest(job.weights), "checkpoint_address": address,
             "checkpoint_sha256": hashlib.sha256(ckpt).hexdigest()}))

@@ -10,9 +10,11 @@ never inside a run directory. Its location, first match wins:
 4. ``~/.local/share/bfdl-tff/keystore``.
 
 Layout: ``<keystore>/<institution>.key`` (one private key file per institution, 0600; the
-directory 0700) and ``<keystore>/ledger/<chain id>/`` (the replica keys of one run's ledger,
-0700). With the ``vault`` backend the institution keys stay in the Vault server; the replica keys
-still go to the local keystore directory.
+directory 0700), ``<keystore>/ledger/<chain id>/`` (the replica keys of one run's ledger,
+0700) and ``<keystore>/kx/`` (each hospital's X25519 key-agreement key for secure aggregation,
+``<name>.kx.key`` 0600; :func:`kx_keys_dir`). With the ``vault`` backend the institution keys stay
+in the Vault server; the replica keys and the kx keys still go to the local keystore directory
+(transit has no X25519 key agreement).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 from pathlib import Path
 
 from bfdl_tff.config import KeysConfig
+from bfdl_tff.secagg.keys import KxKeyStore
 from bfdl_tff.keys.base import (
     ADMIN_NAME,
     AGGREGATOR_NAME,
@@ -82,6 +85,20 @@ def replica_keys_dir(keystore: Path, chain_id: str) -> Path:
     return _private_dir(_private_dir(keystore / "ledger") / chain_id)
 
 
+def kx_keys_dir(keystore: Path) -> Path:
+    """``<keystore>/kx/``: the hospitals' long-term X25519 key-agreement keys for secure
+    aggregation (``bfdl_tff.secagg.KxKeyStore``; issue 18.1). Local with every backend: a
+    Vault/OpenBao transit engine signs with Ed25519 but offers no X25519 key agreement, so the
+    kx key cannot stay in the vault (``docs/secagg.md``)."""
+    _private_dir(keystore)
+    return keystore / "kx"
+
+
+def open_kx_store(cfg: KeysConfig, *, override: str | Path | None = None) -> KxKeyStore:
+    """The kx key store under the local keystore directory of ``cfg`` (any backend)."""
+    return KxKeyStore(kx_keys_dir(keystore_dir(cfg, override=override)))
+
+
 def open_keystore(cfg: KeysConfig, *, override: str | Path | None = None) -> KeyStore:
     """Open the key store described by ``cfg`` (``local``: :func:`keystore_dir`; ``vault``:
     ``cfg.vault_url`` and ``cfg.vault_mount``, token from ``$<cfg.vault_token_env>``)."""
@@ -111,6 +128,8 @@ __all__ = [
     "ensure_outside",
     "key_name",
     "keystore_dir",
+    "kx_keys_dir",
+    "open_kx_store",
     "open_keystore",
     "replica_keys_dir",
     "role_of",

@@ -10,6 +10,7 @@ client/server state machines and a ledger-ready transcript. See ``docs/secagg.md
 Self-contained: numpy and ``cryptography`` only (no TensorFlow, no ``ledger`` import).
 """
 
+from bfdl_tff.secagg.aggregate import MaskedRound, MaskedSettings, masked_sum
 from bfdl_tff.secagg.client import ClientState, SecAggClient
 from bfdl_tff.secagg.errors import (
     BadKeyError,
@@ -29,6 +30,7 @@ from bfdl_tff.secagg.errors import (
     TooFewSurvivorsError,
     UnknownParticipantError,
 )
+from bfdl_tff.secagg.keyring import EphemeralKeyring, Keyring, protocol_ids
 from bfdl_tff.secagg.keys import Ed25519Signer, KxKey, KxKeyStore, Signer
 from bfdl_tff.secagg.messages import decode, encode
 from bfdl_tff.secagg.params import Participant, RoundParams, default_threshold
@@ -38,7 +40,8 @@ from bfdl_tff.secagg.server import AggregateResult, SecAggServer, ServerState
 from bfdl_tff.secagg.transcript import Transcript, audit_transcript
 
 __all__ = [
-    "AggregateResult", "BadKeyError", "BadSignatureError", "ClientState", "DecryptionError",
+    "AggregateResult", "BadKeyError", "EphemeralKeyring", "Keyring", "MaskedRound", "MaskedSettings",
+    "masked_sum", "protocol_ids", "BadSignatureError", "ClientState", "DecryptionError",
     "DoubleRevealError", "DuplicateMessageError", "Ed25519Signer", "KxKey", "KxKeyStore",
     "KxKeyStoreError", "LateMessageError", "MalformedMessageError", "MalformedVectorError", "Participant",
     "ProtocolStateError", "QuantizationError", "Quantizer", "ReconstructionError", "ReplayError",

@@ -12,7 +12,13 @@ from bfdl_tff.errors import BfdlError
 
 
 class SecAggError(BfdlError):
-    """Base class of every secure-aggregation error."""
+    """Base class of every secure-aggregation error.
+
+    ``transcript``: when a round driver (``bfdl_tff.secagg.simulate.run_round``) lets the error
+    through, the server's transcript of the aborted round (with the reason in ``aborted``), so
+    the caller can commit it to the ledger; ``None`` otherwise."""
+
+    transcript: dict | None = None
 
 
 class ProtocolStateError(SecAggError):

@@ -108,6 +108,12 @@ class SecAggServer:
         self._responses.clear()
         log.warning("%s: round aborted: %s", self._where(), self.abort_reason)
 
+    def abort(self, exc: Exception) -> None:
+        """Abort the round from outside the state machine (a hospital detected bad input and
+        stopped, or the round's driver failed); the first reason wins, no aggregate is returned."""
+        if self.abort_reason is None and self.state is not S.DONE:
+            self._abort(exc)
+
     def _log(self, stage: str, direction: str, party: int | None, msg: Message) -> None:
         data = encode(msg)
         self.transcript.log_message(stage=stage, direction=direction, party=party,

@@ -5,7 +5,8 @@ each message through the wire codec (``encode`` -> bytes -> ``decode``), so it m
 each party sends and the time each spends (its state-machine calls plus encoding what it sends and
 decoding what it receives). Dropouts are simulated by hospitals that stop after a given step; an
 optional ``intercept(stage, message) -> message`` lets tests tamper with or replay messages in
-flight. The first protocol error propagates (the server or client has aborted the round).
+flight. The first protocol error propagates (the server or client has aborted the round; the server is
+aborted with it and its transcript, with the reason, is attached to the error).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from bfdl_tff.secagg.client import SecAggClient
+from bfdl_tff.secagg.errors import SecAggError
 from bfdl_tff.secagg.keys import Ed25519Signer, KxKey, KxKeyStore, Signer
 from bfdl_tff.secagg.messages import Message, SurvivorList, decode, encode
 from bfdl_tff.secagg.params import Participant, RoundParams
@@ -114,10 +116,27 @@ def run_round(
     """Run one round; ``inputs[i]`` is hospital i's quantised ring vector. See module docstring.
 
     ``entropy[i]`` replaces hospital i's randomness source (tests only; default ``os.urandom``);
-    ``sum_fn`` is passed to :class:`SecAggServer` (the server's summation of masked vectors)."""
+    ``sum_fn`` is passed to :class:`SecAggServer` (the server's summation of masked vectors).
+    A protocol error from any party aborts the server too and is raised with the server's
+    transcript of the aborted round in ``exc.transcript``."""
     hosp = {h.id: h for h in hospitals if h.id in params.participants}
     roster = roster_of(hosp.values())
     server = SecAggServer(params=params, roster=roster, sum_fn=sum_fn)
+    try:
+        return _run(params, server, hosp, roster, inputs, drops=(
+            set(drop_after_advertise), set(drop_after_shares), set(drop_after_masked), set(drop_after_confirm)),
+            intercept=intercept, entropy=entropy)
+    except SecAggError as exc:
+        server.abort(exc)  # a hospital's error ends the round too; the server's first reason wins
+        exc.transcript = server.transcript.to_record()
+        raise
+
+
+def _run(params: RoundParams, server: SecAggServer, hosp: Mapping[int, Hospital], roster: Mapping[int, Participant],
+         inputs: Mapping[int, np.ndarray], *, drops: tuple[set[int], ...], intercept: Intercept | None,
+         entropy: Mapping[int, Callable[[int], bytes]] | None) -> RoundReport:
+    """The five steps of :func:`run_round` (``drops``: after advertise, shares, masked, confirm)."""
+    drop_after_advertise, drop_after_shares, drop_after_masked, drop_after_confirm = drops
     extra = {i: {"entropy": entropy[i]} if entropy and i in entropy else {} for i in hosp}
     clients = {
         i: SecAggClient(params=params, me=i, signer=h.signer, kx_key=h.kx, roster=roster, **extra[i])

@@ -41,7 +41,8 @@ def test_bfdl_arm_end_to_end_then_audit(tmp_path, no_key_material):
     summary = run_experiment(cfg, rd, hooks=hooks, data=toy_federation(size=16), progress=False)
     assert summary
     s = json.loads((rd.ledger_dir / "ledger_summary.json").read_text())
-    assert s["rounds"] == [1, 2] and s["tx_per_round"] == [11, 11]
+    # 2K + 6 = 12: the default secure aggregation is masked, one secagg.transcript per round (issue 18)
+    assert s["rounds"] == [1, 2] and s["tx_per_round"] == [12, 12]
     assert s["finalize"]["rounds"] == 2 == summary["rounds"]
     assert all(x > 0 for x in s["round_seconds"]) and all(x >= 0 for x in s["hook_seconds"])
     assert 0 <= s["hook_share"] < 1

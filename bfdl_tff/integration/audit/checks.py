@@ -26,7 +26,14 @@ audit's first failure:
 11. ``privacy_budget``: the accepted epsilon records never decrease and never pass the cap;
 12. ``openings``: the hospitals' commitment openings (when ``ledger/openings/`` is present) open
     their on-chain commitments;
-13. ``ledger_summary``: the chain-derived keys of ``ledger_summary.json`` equal the chain (its
+13. ``secagg:round_<r>`` (masked secure aggregation, issue 18): every round has exactly one
+    protocol transcript; :func:`bfdl_tff.secagg.transcript.audit_transcript` finds no problem in
+    it (parameters digest; every key advertisement verifies against the identity key of the
+    hospital that registered the advertised kx key; **no hospital's self-mask share and
+    pairwise-secret share were both revealed**; self-mask shares only of survivors, pairwise
+    only of dropped hospitals; t shares per reconstruction); it is bound to this chain and round;
+    every survivor committed an update; an aborted round left the global model unchanged;
+14. ``ledger_summary``: the chain-derived keys of ``ledger_summary.json`` equal the chain (its
     measured keys are declared unverified in the file itself).
 """
 
@@ -49,6 +56,7 @@ from bfdl_tff.integration.chain import read_chain
 from bfdl_tff.integration.commitments import commit_update, npz_to_weights
 from bfdl_tff.integration.finalize import RESULT_FILES, result_files, sha256_file
 from bfdl_tff.integration.ledger_summary import chain_keys, first_difference
+from bfdl_tff.secagg.transcript import audit_transcript
 
 CheckFn = Callable[[AuditContext], list[Check]]
 
@@ -311,6 +319,61 @@ def check_openings(ctx: AuditContext) -> list[Check]:
     return [Check("openings", True, f"{checked} hospital commitment openings match the chain")]
 
 
+def _secagg_declared(ctx: AuditContext) -> str | None:
+    """``privacy.secure_aggregation`` in effect per the run's config (None without a config)."""
+    return ctx.run.config.privacy.aggregation if ctx.run.config_file.is_file() else None
+
+
+def _transcript_row(ctx: AuditContext, r: int, kx_owner: dict[str, str], prev_model: str | None) -> Check:
+    name, v = f"secagg:round_{r}", ctx.rounds[r]
+    if len(v.secagg) != 1:
+        return Check(name, False, f"round {r} has {len(v.secagg)} secure-aggregation transcripts (expected 1)",
+                     f"{ctx.chain.db.name if ctx.chain else '?'} round {r}")
+    t = v.secagg[0]
+    rec = t.payload.get("transcript") or {}
+    try:
+        ids = {int(a["sender"]): kx_owner.get(a["kx_public"]) for a in rec["advertisements"]}
+        unknown = sorted(i for i, k in ids.items() if k is None)
+        if unknown:
+            return Check(name, False, f"protocol ids {unknown} advertised kx keys no hospital registered", ctx.where(t))
+        problems = audit_transcript(rec, identity_keys={i: bytes.fromhex(k) for i, k in ids.items() if k})
+        params, masked = rec["params"], [ids.get(i) for i in rec["masked"]]
+    except (KeyError, TypeError, ValueError) as e:
+        return Check(name, False, f"unreadable transcript: {type(e).__name__}: {e}", ctx.where(t))
+    if ctx.genesis is not None and (params.get("run_id") != ctx.genesis.chain_id or params.get("round") != r):
+        problems.append(f"bound to run {params.get('run_id')!r} round {params.get('round')}, not this chain's round {r}")
+    uncommitted = [k[:16] for k in masked if k not in v.commitments]
+    if uncommitted:
+        problems.append(f"survivors {uncommitted} have no update commitment in round {r}")
+    if rec.get("aborted") and prev_model is not None and v.model_hash != prev_model:
+        problems.append(f"the round aborted ({rec['aborted']}) but its global model differs from round {r - 1}'s: "
+                        "a partial aggregate was applied")
+    if problems:
+        return Check(name, False, problems[0], ctx.where(t))
+    if rec.get("aborted"):
+        return Check(name, True, f"aborted, recorded with its reason ({rec['aborted'][:120]}); global model "
+                     "unchanged" + ("" if prev_model is not None else " (round 1: not checkable)"))
+    return Check(name, True, f"{rec['protocol']} t={params['threshold']}: {len(rec['masked'])} survivors, dropped "
+                 f"{rec['dropped']}; self-mask shares of survivors only, pairwise secrets of dropped only, never "
+                 "both; advertisements signed by the registered hospitals")
+
+
+def check_secagg(ctx: AuditContext) -> list[Check]:
+    """Masked secure aggregation (issue 18): one verified transcript per round (see the module docstring)."""
+    assert ctx.chain is not None
+    declared = _secagg_declared(ctx)
+    present = any(v.secagg for v in ctx.rounds.values())
+    if declared != "masked" and not present:
+        return [Check("secagg", True, f"no secure-aggregation transcripts (privacy.secure_aggregation: {declared})")]
+    registry = ctx.chain.state.query("kx") or {}
+    kx_owner = {v["kx_pubkey"]: h for h, v in sorted(registry.items())}
+    rows, prev = [], None
+    for r, v in ctx.rounds.items():
+        rows.append(_transcript_row(ctx, r, kx_owner, prev))
+        prev = v.model_hash
+    return rows
+
+
 def check_ledger_summary(ctx: AuditContext) -> list[Check]:
     assert ctx.chain is not None
     path = ctx.files.summary_file
@@ -334,7 +397,7 @@ BASE_CHECKS: tuple[CheckFn, ...] = (check_genesis, check_replica_chains, check_r
 #: Checks of what the verified chain says against itself and against the run's files.
 CHAIN_CHECKS: tuple[CheckFn, ...] = (
     check_signers, check_rounds, check_rounds_agree, check_offchain, check_final_model, check_finalize,
-    check_result_files, check_privacy_budget, check_openings, check_ledger_summary,
+    check_result_files, check_privacy_budget, check_openings, check_secagg, check_ledger_summary,
 )
 
 __all__ = ["BASE_CHECKS", "CHAIN_CHECKS", "CheckFn"] + [f.__name__ for f in BASE_CHECKS + CHAIN_CHECKS]

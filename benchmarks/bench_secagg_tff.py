@@ -59,7 +59,9 @@ def _engines(cfg_name: str, k: int, images: int, rounds: int) -> tuple[dict[str,
         cfg.privacy.secure_aggregation = mode
         model_cfg = registry.load_model_config(cfg.model.config, **cfg.model.overrides)
         data = toy_federation([images] * k, size=int(model_cfg.input_size), seed=k)
-        sched = accounting.schedule_for_config(cfg, {n: len(data.train[n]) for n in data.names}, source="bench")
+        sched = accounting.schedule_for_config(
+            cfg, {n: len(data.train[n]) for n in data.names}, source="bench",
+            num_patients={n: len(set(data.train[n].patient_ids.tolist())) for n in data.names})
         bundle = model_bridge.build_bundle(model_cfg)
         engines[mode] = (cfg, FederatedEngine(cfg, data, bundle, sched), bundle, data)
     return engines, model_cfg

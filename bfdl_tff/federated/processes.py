@@ -147,6 +147,19 @@ def secure_weighted_mean_factory() -> Any:
     return tff.learning.secure_aggregator(zeroing=False, clipping=False, weighted=True)
 
 
+def _compose(model_fn: ModelFn, *, kind: str, client_work: Any, factory: Any, weighted: bool,
+             server_optimizer: tff.learning.optimizers.Optimizer, secure_sum: bool,
+             **fields: Any) -> FederatedAlgorithm:
+    """The learning process of ``client_work`` + ``factory`` + the apply-optimizer finalizer,
+    wrapped with what the engine needs to know about it (TFF's secure sum runs in the test context)."""
+    process, aggregator, finalizer, _ = _components(
+        model_fn, client_work=client_work, aggregation_factory=factory, weighted=weighted, server_optimizer=server_optimizer
+    )
+    return FederatedAlgorithm(kind=kind, process=process, client_work=client_work, aggregator=aggregator,
+                              finalizer=finalizer, weighted=weighted, context="test" if secure_sum else "native",
+                              secure_sum=secure_sum, **fields)
+
+
 def build_fedavg(
     model_fn: ModelFn,
     *,
@@ -169,19 +182,8 @@ def build_fedavg(
         )
     # The components tff.learning.algorithms.build_weighted_fed_avg composes (broadcast, model-delta
     # client work with NUM_EXAMPLES weighting, the aggregator, the apply-optimizer finalizer).
-    process, aggregator, finalizer, _ = _components(
-        model_fn, client_work=client_work, aggregation_factory=factory, weighted=True, server_optimizer=server_optimizer
-    )
-    return FederatedAlgorithm(
-        kind="fedavg",
-        process=process,
-        client_work=client_work,
-        aggregator=aggregator,
-        finalizer=finalizer,
-        weighted=True,
-        context="test" if secure_sum else "native",
-        secure_sum=secure_sum,
-    )
+    return _compose(model_fn, kind="fedavg", client_work=client_work, factory=factory, weighted=True,
+                    server_optimizer=server_optimizer, secure_sum=secure_sum)
 
 
 def build_dp_fedavg(
@@ -231,22 +233,9 @@ def build_dp_fedavg(
         model_fn, client_optimizer, client_weighting=tff.learning.ClientWeighting.UNIFORM
     )
     # The components of tff.learning.algorithms.build_unweighted_fed_avg(model_aggregator=factory).
-    process, aggregator, finalizer, _ = _components(
-        model_fn, client_work=client_work, aggregation_factory=factory, weighted=False, server_optimizer=server_optimizer
-    )
-    return FederatedAlgorithm(
-        kind="dp_fedavg",
-        process=process,
-        client_work=client_work,
-        aggregator=aggregator,
-        finalizer=finalizer,
-        weighted=False,
-        context="test" if secure_sum else "native",
-        secure_sum=secure_sum,
-        noise_multiplier=noise_multiplier,
-        l2_clip=l2_clip,
-        adaptive_clipping=adaptive_clipping,
-    )
+    return _compose(model_fn, kind="dp_fedavg", client_work=client_work, factory=factory, weighted=False,
+                    server_optimizer=server_optimizer, secure_sum=secure_sum, noise_multiplier=noise_multiplier,
+                    l2_clip=l2_clip, adaptive_clipping=adaptive_clipping)
 
 
 def build_dp_sgd_fedavg(
@@ -279,23 +268,9 @@ def build_dp_sgd_fedavg(
         fast_clipping=fast_clipping,
     )
     factory = secure_weighted_mean_factory() if secure_sum else tff.aggregators.MeanFactory()
-    process, aggregator, finalizer, _ = _components(
-        model_fn, client_work=client_work, aggregation_factory=factory, weighted=True, server_optimizer=server_optimizer
-    )
-    return FederatedAlgorithm(
-        kind="dp_sgd",
-        process=process,
-        client_work=client_work,
-        aggregator=aggregator,
-        finalizer=finalizer,
-        weighted=True,
-        context="test" if secure_sum else "native",
-        secure_sum=secure_sum,
-        noise_multiplier=noise_multiplier,
-        l2_clip=l2_clip,
-        data_kind="dp_sgd_steps",
-        extra={"expected_batch_size": batch_size},
-    )
+    return _compose(model_fn, kind="dp_sgd", client_work=client_work, factory=factory, weighted=True,
+                    server_optimizer=server_optimizer, secure_sum=secure_sum, noise_multiplier=noise_multiplier,
+                    l2_clip=l2_clip, data_kind="dp_sgd_steps", extra={"expected_batch_size": batch_size})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 ``attacks``        gradient inversion + membership inference on the arms' runs (Fig. 3; C3)
 ``ledger_bench``   ``ledger.bench.run_bench`` = ``bfdl ledger bench --json`` (C4, C6)
 ``scalability``    B-FDL with K hospitals for each K of the profile (Fig. 4; C10)
+``privacy_utility`` B-FDL at each epsilon of the profile + a no-noise point (privacy-utility curve)
 ``audit``          ``bfdl audit verify`` on every B-FDL ledger (``audit/verify.json``; C7)
 ``privacy_budget`` noise multiplier needed for the target epsilon at client and sample level (C9)
 ``figures``        ``python -m paper_figures figures`` (Table 3.3, Fig. 2-5, tables)
@@ -30,6 +31,7 @@ from bfdl_tff.errors import BfdlError
 from bfdl_tff.io_utils import atomic_write_json
 from bfdl_tff.reproduce.budget import privacy_budget_settings
 from bfdl_tff.reproduce.context import Context, Failures, run_all
+from bfdl_tff.reproduce.privacy_utility import planned_points, stage_privacy_utility
 from bfdl_tff.reproduce.profiles import STAGE_VARIES
 from bfdl_tff.runs import RunDir
 
@@ -51,7 +53,8 @@ def stage_data(ctx: Context) -> list[Path]:
 
     p = ctx.profile
     done = {}
-    for seed in sorted(set(p.arms.seeds + p.client_dp.seeds + p.ledger_off.seeds + [0])):
+    curve_seeds = [pt["seed"] for pt in planned_points(ctx)]
+    for seed in sorted(set(p.arms.seeds + p.client_dp.seeds + p.ledger_off.seeds + curve_seeds + [0])):
         cfg = ctx.config("bfdl", seed, name="data")
         pseed = cfg.resolved_seeds()["partition"]
         t0 = time.perf_counter()
@@ -222,6 +225,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("attacks", stage_attacks, "privacy attacks on the arms"),
     Stage("ledger_bench", stage_ledger_bench, "ledger benchmark"),
     Stage("scalability", stage_scalability, "B-FDL with K hospitals"),
+    Stage("privacy_utility", stage_privacy_utility, "B-FDL at each epsilon (privacy-utility curve)"),
     Stage("audit", stage_audit, "audit the B-FDL ledgers (verify.json)"),
     Stage("privacy_budget", stage_privacy_budget, "noise for the target epsilon"),
     Stage("figures", stage_figures, "figures and tables", always=True),
@@ -245,6 +249,7 @@ def stage_config(ctx: Context, stage: str) -> dict[str, Any]:
         "scalability": asdict(p.scalability),
         "audit": {"groups": [ARMS_DIR, CLIENT_DP_DIR, SCALABILITY_DIR]},
         "privacy_budget": asdict(p.privacy_budget),
+        "privacy_utility": {**asdict(p.privacy_utility), "points": planned_points(ctx)},
     }
     d.update(options.get(stage, {}))
     if stage in STAGE_VARIES:

@@ -28,6 +28,8 @@ EXPECTED_ITEMS = (
      "bfdl figures --runs runs/ --out results/ --only communication"),
     ("Privacy budget", "privacy_budget.png", ("arms", "client_dp", "privacy_budget"),
      "bfdl figures --runs runs/ --out results/ --only privacy_budget"),
+    ("Privacy-utility curve: B-FDL against epsilon", "privacy_utility.png", ("arms", "privacy_utility"),
+     "bfdl figures --runs runs/ --out results/ --only privacy_utility"),
 )
 
 

@@ -28,6 +28,7 @@ EXPECTED = {
     "ledger_latency": ["ledger_latency.png", "ledger_latency.pdf", "ledger_latency.csv", "ledger_latency.md"],
     "communication": ["communication.png", "communication.pdf", "communication.csv", "communication.md"],
     "privacy_budget": ["privacy_budget.png", "privacy_budget.pdf", "privacy_budget.csv", "privacy_budget.md"],
+    "privacy_utility": ["privacy_utility.png", "privacy_utility.pdf", "privacy_utility.csv"],
 }
 
 

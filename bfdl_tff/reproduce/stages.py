@@ -11,6 +11,7 @@
 ``privacy_utility`` B-FDL at each epsilon of the profile + a no-noise point (privacy-utility curve)
 ``audit``          ``bfdl audit verify`` on every B-FDL ledger (``audit/verify.json``; C7)
 ``privacy_budget`` noise multiplier needed for the target epsilon at client and sample level (C9)
+``statistics``     CIs of the arms' test macro AUC over seeds and test images, paired differences
 ``figures``        ``python -m paper_figures figures`` (Table 3.3, Fig. 2-5, tables)
 ``report``         ``python -m paper_figures report`` -> ``results/REPORT.md``
 =================  =========================================================================
@@ -187,6 +188,22 @@ def stage_privacy_budget(ctx: Context) -> list[Path]:
     return [out]
 
 
+def stage_statistics(ctx: Context) -> list[Path]:
+    """``statistics/arms_ci.json`` (:mod:`bfdl_tff.reproduce.statistics`; issue 14.4)."""
+    from bfdl_tff.reproduce.statistics import STATS_FILE, arms_statistics
+
+    t0 = time.perf_counter()
+    doc = arms_statistics(ctx.runs)
+    out = ctx.runs / STATS_FILE
+    atomic_write_json(out, doc)
+    for arm, d in doc["arms"].items():
+        s = d["over_seeds"]
+        ctx.log(f"{arm}: macro AUC {s['mean']} (95% CI {s['low']}..{s['high']}, n={s['n']})")
+    ctx.log(f"macro over {len(doc['macro_labels'])} findings; excluded: {sorted(doc['excluded_labels']) or 'none'}; "
+            f"{time.perf_counter() - t0:.1f}s")
+    return [out]
+
+
 def _paper_figures(ctx: Context, action: str, options: list[str]) -> None:
     from bfdl_tff.commands.figures import run_paper_figures
 
@@ -228,6 +245,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("privacy_utility", stage_privacy_utility, "B-FDL at each epsilon (privacy-utility curve)"),
     Stage("audit", stage_audit, "audit the B-FDL ledgers (verify.json)"),
     Stage("privacy_budget", stage_privacy_budget, "noise for the target epsilon"),
+    Stage("statistics", stage_statistics, "confidence intervals and paired differences", always=True),
     Stage("figures", stage_figures, "figures and tables", always=True),
     Stage("report", stage_report, "results/REPORT.md", always=True),
 )

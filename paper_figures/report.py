@@ -17,7 +17,7 @@ from paper_figures import results as R
 from paper_figures.report_claims import claim_rows
 from paper_figures.report_context import ReportContext, measured_text
 from paper_figures.report_doubts import accounting_section, doubtful_claim_1, doubtful_claim_2
-from paper_figures.report_stats import privacy_utility_section
+from paper_figures.report_stats import intervals_section, privacy_utility_section
 from paper_figures.style import markdown_table
 
 
@@ -81,6 +81,7 @@ def build_report(runs_root: str | Path, out_dir: str | Path) -> Path:
         _setting(ctx),
         "## Claims (docs/CLAIMS.md)\n\n" + markdown_table(
             ["id", "Paper", "This repo (mean ± sd, n seeds)", "Deviation and why", "Source"], claims),
+        intervals_section(ctx),
         doubtful_claim_1(ctx),
         doubtful_claim_2(ctx),
         accounting_section(ctx),

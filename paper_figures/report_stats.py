@@ -8,13 +8,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from paper_figures import intervals as I
 from paper_figures import privacy_utility as PU
 from paper_figures import results as R
 from paper_figures.common import Output
 from paper_figures.report_context import ReportContext
 from paper_figures.style import markdown_table
 
-STATS_FILE = "statistics/arms_ci.json"
+STATS_FILE = I.STATS_FILE
 
 
 def _num(v: Any, digits: int = 3) -> str:
@@ -51,4 +52,13 @@ def privacy_utility_section(ctx: ReportContext) -> str:
                                          "achieved epsilon (max over hospitals)", "Source (under runs/)"], rows)
 
 
-__all__ = ["STATS_FILE", "privacy_utility_section"]
+def intervals_section(ctx: ReportContext) -> str:
+    """``## Confidence intervals``: Table 3.3's macro AUC with intervals and the paired differences."""
+    doc, path = I.load(ctx.runs)
+    head = "## Confidence intervals: macro AUC per arm and paired differences (Table 3.3)\n\n"
+    if doc is None:
+        return head + ctx.missing_text(str(path)) + "\n"
+    return head + I.markdown(doc, ctx.rel(path))
+
+
+__all__ = ["STATS_FILE", "intervals_section", "privacy_utility_section"]

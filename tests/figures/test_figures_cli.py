@@ -27,7 +27,7 @@ def test_bfdl_figures_and_report_run_paper_figures(runs, tmp_path, capfd):
     out = tmp_path / "results"
     assert cli.main(["figures", "--runs", str(runs), "--out", str(out), "--only", "table33"]) == 0
     assert (out / "table33.md").is_file() and not (out / "fig2_performance.png").exists()
-    assert "table33: table33.csv, table33.md" in capfd.readouterr().out
+    assert "table33: table33.csv, table33_ci.csv, table33.md" in capfd.readouterr().out
     assert cli.main(["report", "--runs", str(runs), "--out", str(out), "--no-figures"]) == 0
     text = capfd.readouterr().out
     assert "report: wrote" in text and (out / "REPORT.md").is_file() and (out / "expected_results.md").is_file()

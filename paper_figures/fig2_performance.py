@@ -100,14 +100,16 @@ def _yerr(sub: pd.DataFrame) -> np.ndarray:
     return np.array([lo, hi])
 
 
-def _macro_note(doc: dict) -> str:
-    """Beside the macro AUC: test images, positives per finding, findings averaged, seeds."""
+def _macro_notes(doc: dict) -> tuple[dict[str, str], str]:
+    """Beside each arm's macro AUC: test images, positives per finding (min / median), and the
+    findings averaged (the same for every run; the excluded ones are undefined, not 0.5)."""
     f = I.frame(doc)
-    parts = [f"{r['name']}: {r['n_test_images']} test images, positives/finding min {r['positives_min']}, "
-             f"seeds {r['n_seeds']}" for _, r in f[f["kind"] == "arm"].iterrows()]
+    notes = {r["name"]: f" seeds; {r['n_test_images']} test images, positives/finding "
+                        f"{I._f(r['positives_min'], 0)}/{I._f(r['positives_median'], 0)} min/median"
+             for _, r in f[f["kind"] == "arm"].iterrows() if r["positives_min"] is not None}
     excl = sorted(doc.get("excluded_labels") or {})
-    return (f"Macro AUC over {len(doc.get('macro_labels', []))} findings"
-            + (f" (excluded, undefined: {', '.join(excl)})" if excl else "") + "; " + "; ".join(parts))
+    return notes, (f"macro AUC over {len(doc.get('macro_labels', []))} findings"
+                   + (f", excluded (no test positives): {', '.join(excl)}" if excl else ""))
 
 
 def generate(runs_root: Path, out_dir: Path) -> Output:
@@ -125,21 +127,21 @@ def generate(runs_root: Path, out_dir: Path) -> Output:
         width = 0.8 / max(len(arms), 1)
         a = df[df["panel"] == "a"]
         x = np.arange(len(PANEL_A))
+        doc, _ = I.load(Path(runs_root))
+        notes, findings = _macro_notes(doc) if doc is not None else ({}, "")
         for i, arm in enumerate(arms):
             sub = a[a["arm"] == arm].set_index("metric")
             means = [sub["mean"].get(m, np.nan) for m, _ in PANEL_A]
             n = int(sub["n"].max()) if len(sub) else 0
             ax_a.bar(x + (i - (len(arms) - 1) / 2) * width, means, width, yerr=_yerr(sub),
-                     capsize=2, color=arm_color(arm, i), label=f"{arm_label(arm)} (n={n})")
+                     capsize=2, color=arm_color(arm, i), label=f"{arm_label(arm)} (n={n}{notes.get(arm, '')})")
         ax_a.set_xticks(x, [lbl for _, lbl in PANEL_A])
         ax_a.set_ylim(0, 1.05)
         ax_a.set_ylabel("score (mean ± sd over seeds;\nmacro AUC: 95 % t-CI)" if a["ci_low"].notna().any()
                         else "score (mean ± sd over seeds)")
-        doc, _ = I.load(Path(runs_root))
-        if doc is not None:
-            ax_a.text(0.0, -0.22, _macro_note(doc), transform=ax_a.transAxes, fontsize=6, va="top")
-        ax_a.set_title("(a) Diagnostic performance per arm")
-        ax_a.legend(loc="lower right", ncol=len(arms))
+
+        ax_a.set_title("(a) Diagnostic performance per arm" + (f"\n{findings}" if findings else ""))
+        ax_a.legend(loc="lower right", ncol=1 if notes else len(arms), fontsize=6 if notes else None)
         b = df[df["panel"] == "b"]
         fx = np.arange(len(R.FINDINGS))
         for i, arm in enumerate(arms):

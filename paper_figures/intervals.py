@@ -53,7 +53,9 @@ def frame(doc: dict[str, Any]) -> pd.DataFrame:
     """One row per arm and per paired difference (what Table 3.3's interval section shows)."""
     rows = []
     n_find = len(doc.get("macro_labels", []))
-    for arm, d in doc.get("arms", {}).items():
+    arms = doc.get("arms", {})
+    for arm in R.ordered_arms(arms):
+        d = arms[arm]
         s, runs = d["over_seeds"], d["runs"]
         pos = [r["positives"] for r in runs if r.get("positives")]
         per_seed = "; ".join(

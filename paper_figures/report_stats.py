@@ -49,7 +49,7 @@ def privacy_utility_section(ctx: ReportContext) -> str:
             "(noise multiplier 1e-7): the cost of clipping alone. Figure: `privacy_utility.png` (CSV: "
             "`privacy_utility.csv`).\n\n")
     return head + note + markdown_table(["Setting", "seeds (n)", "seeds", "test macro AUC [95 % CI]",
-                                         "achieved epsilon (max over hospitals)", "Source (under runs/)"], rows)
+                                         "epsilon reached (summary.json)", "Source (under runs/)"], rows)
 
 
 def intervals_section(ctx: ReportContext) -> str:

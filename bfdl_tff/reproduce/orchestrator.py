@@ -37,7 +37,7 @@ RESULT_FILES = (("REPORT.md", "report (paper vs measured)"), ("table33.md", "Tab
                 ("fig2_performance.png", "Figure 2"), ("fig3_privacy.png", "Figure 3"),
                 ("fig4_scalability.png", "Figure 4"), ("fig5_convergence.png", "Figure 5"),
                 ("ledger_tables.md", "ledger tables"), ("communication.md", "communication"),
-                ("privacy_budget.md", "privacy budget"))
+                ("privacy_budget.md", "privacy budget"), ("privacy_utility.png", "privacy-utility curve"))
 
 
 def context_from_args(args: argparse.Namespace) -> Context:

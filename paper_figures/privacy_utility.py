@@ -122,7 +122,7 @@ def _plot(ax: Any, df: pd.DataFrame) -> None:
                     ha="center", fontsize=6)
     for i, (_, r) in enumerate(df[df["kind"] == "arm"].iterrows()):
         c = arm_color(r["label"], i)
-        ax.axhline(r["mean"], color=c, lw=1.2, ls="--", label=f"{arm_label(r['label'])} (mean of {int(r['n_seeds'])} seeds)")
+        ax.axhline(r["mean"], color=c, lw=1.2, ls="--", label=f"{arm_label(r['label'])} (mean of {int(r['n_seeds'])} seed{'s' if int(r['n_seeds']) != 1 else ''})")
         if not np.isnan(r["ci_low"]):
             ax.axhspan(r["ci_low"], r["ci_high"], color=c, alpha=0.15, lw=0)
     ax.axhline(0.5, color="black", lw=0.8, ls=":")

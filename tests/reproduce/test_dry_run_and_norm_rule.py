@@ -87,7 +87,7 @@ def test_batchnorm_from_the_model_file_names_model_config(tmp_path):
 
 
 def test_every_shipped_profile_passes_the_rule(tmp_path):
-    for name in ("quick", "default", "paper"):
+    for name in ("quick", "smoke", "default", "paper"):
         prof = load_profile(name)
         ctx = Context(profile=prof, runs=tmp_path, out=tmp_path, data_root=Path("nih"))
         check_configs(ctx, planned_runs(ctx, ["arms", "ledger_off", "client_dp", "scalability", "privacy_utility"]))

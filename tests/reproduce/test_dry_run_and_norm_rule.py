@@ -91,3 +91,16 @@ def test_every_shipped_profile_passes_the_rule(tmp_path):
         prof = load_profile(name)
         ctx = Context(profile=prof, runs=tmp_path, out=tmp_path, data_root=Path("nih"))
         check_configs(ctx, planned_runs(ctx, ["arms", "ledger_off", "client_dp", "scalability", "privacy_utility"]))
+
+
+def test_bfdl_config_check_refuses_batchnorm_in_one_line(tmp_path, capsys):
+    from bfdl_tff import cli
+
+    exp = _experiment(tmp_path, config="small_cnn", overrides={"norm": "batch", "input_size": 32})
+    assert cli.main(["config", "check", str(exp)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{exp}: model.overrides.norm: norm: batch cannot be used with arm" in err[0]
+    d = load_yaml_mapping(exp)
+    d["arm"] = "centralized"
+    exp.write_text(dump_yaml(d))
+    assert cli.main(["config", "check", str(exp)]) == 0  # the labelled centralized reference

@@ -31,7 +31,7 @@ def check_model(cfg: ExperimentConfig, *, source: str) -> None:
     from bfdl_tff.models import registry
 
     try:
-        registry.load_model_config(cfg.model.config, **cfg.model.overrides)
+        mcfg = registry.load_model_config(cfg.model.config, **cfg.model.overrides)
     except ConfigError as e:
         top = e.key.split(".", 1)[0].split("[", 1)[0]
         if top and top in cfg.model.overrides:
@@ -40,6 +40,23 @@ def check_model(cfg: ExperimentConfig, *, source: str) -> None:
             named = f" ({e.source})" if e.source == str(cfg.model.config) else ""  # a path, not a registry name
             raise ConfigError(source, "model.config", e.message + named) from None
         raise
+    check_norm(cfg, mcfg.norm, model_file=mcfg.source, source=source)
+
+
+def check_norm(cfg: ExperimentConfig, norm: str, *, model_file: str, source: str) -> None:
+    """BatchNorm only for the centralized reference (issue 14.6): FedAvg averages trainable weights
+    but never BatchNorm's moving statistics, and sample-level DP-SGD's per-example clipping assumes
+    examples that do not interact (BatchNorm couples the examples of a batch). A :class:`ConfigError`
+    naming ``source`` and ``model.overrides.norm`` (or ``model.config`` when the model file sets it)."""
+    if norm != "batch" or cfg.arm == "centralized":
+        return
+    why = ("sample-level DP-SGD (privacy.mode: sample) and FedAvg" if cfg.arm == "bfdl" and cfg.privacy.mode == "sample"
+           else "FedAvg (moving statistics are never averaged)")
+    fix = "use norm: group or ws (BatchNorm only for the labelled centralized reference)"
+    if "norm" in cfg.model.overrides:
+        raise ConfigError(source, "model.overrides.norm", f"norm: batch cannot be used with arm {cfg.arm}: {why}; {fix}")
+    raise ConfigError(source, "model.config", f"{model_file or cfg.model.config} sets norm: batch, which cannot be used "
+                      f"with arm {cfg.arm}: {why}; set model.overrides.norm: group (or ws); {fix}")
 
 
 def build_hooks(cfg: ExperimentConfig, run_dir: RunDir) -> list[Any]:
@@ -58,9 +75,11 @@ def train_arm(cfg: ExperimentConfig, run_dir: RunDir, *, resume: bool = False, p
     from bfdl_tff import tff_runtime
     from bfdl_tff.federated.runner import run_experiment
 
+    check_model(cfg, source=config_source or str(run_dir.config_file))  # before anything trains
+
     with tff_runtime.terminate_on_signals():
         return run_experiment(cfg, run_dir, hooks=build_hooks(cfg, run_dir), resume=resume, progress=progress,
                               config_source=config_source)
 
 
-__all__ = ["build_hooks", "check_model", "train_arm"]
+__all__ = ["build_hooks", "check_model", "check_norm", "train_arm"]

@@ -30,6 +30,7 @@ MODULES: tuple[str, ...] = (
     "ledger_latency",
     "communication",
     "privacy_budget",
+    "privacy_utility",
 )
 
 

@@ -10,9 +10,10 @@ from paper_figures import results as R
 
 
 EXPECTED_ITEMS = (
-    ("Table 3.3 (paper vs measured)", "table33.md", ("arms", "attacks", "ledger_bench", "figures"),
+    ("Table 3.3 (paper vs measured; macro AUC with 95 % CIs and paired differences)", "table33.md",
+     ("arms", "attacks", "ledger_bench", "statistics", "figures"),
      "bfdl figures --runs runs/ --out results/ --only table33"),
-    ("Figure 2: performance comparison", "fig2_performance.png", ("arms",),
+    ("Figure 2: performance comparison", "fig2_performance.png", ("arms", "statistics"),
      "bfdl figures --runs runs/ --out results/ --only fig2_performance"),
     ("Figure 3: privacy leakage", "fig3_privacy.png", ("arms", "attacks"),
      "bfdl figures --runs runs/ --out results/ --only fig3_privacy"),
@@ -28,6 +29,8 @@ EXPECTED_ITEMS = (
      "bfdl figures --runs runs/ --out results/ --only communication"),
     ("Privacy budget", "privacy_budget.png", ("arms", "client_dp", "privacy_budget"),
      "bfdl figures --runs runs/ --out results/ --only privacy_budget"),
+    ("Privacy-utility curve: B-FDL against epsilon", "privacy_utility.png", ("arms", "privacy_utility"),
+     "bfdl figures --runs runs/ --out results/ --only privacy_utility"),
 )
 
 

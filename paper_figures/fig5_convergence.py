@@ -1,7 +1,8 @@
 """Figure 5 of the paper ("Convergence behaviour", sections 3.2-3.3, claims C1 and C4).
 
-Panels: (a) test macro AUC per round for the three arms and (b) training loss per round (mean ±
-sd band over seeds; a centralized "round" is one epoch over the pooled data); (c) B-FDL macro AUC
+Panels: (a) test macro AUC per round for the three arms and (b) training loss per round (mean and
+95 % Student-t band over seeds, ``bfdl_tff.stats.t_quantile``; no band from one seed; a
+centralized "round" is one epoch over the pooled data); (c) B-FDL macro AUC
 per round with and without the ledger hook (``runs/ledger_off/``) and (d) round wall time with and
 without the ledger — the paper's "the ledger does not slow convergence" as numbers.
 
@@ -11,9 +12,12 @@ Reads ``metrics.csv`` of ``runs/arms/*`` and ``runs/ledger_off/*``; writes
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
+
+from bfdl_tff.stats import t_quantile
 
 from paper_figures import results as R
 from paper_figures.common import Output
@@ -31,10 +35,13 @@ def _per_round(runs: list[R.Run], column: str, sources: list[Path]) -> pd.DataFr
         sources.append(run.metrics_file)
         frames.append(df[["round", column]].dropna().rename(columns={column: "value"}))
     if not frames:
-        return pd.DataFrame(columns=["round", "mean", "sd", "n"])
+        return pd.DataFrame(columns=["round", "mean", "sd", "n", "ci_low", "ci_high"])
     cat = pd.concat(frames)
     g = cat.groupby("round")["value"]
     out = pd.DataFrame({"mean": g.mean(), "sd": g.std(ddof=1), "n": g.count()}).reset_index()
+    half = [t_quantile(0.975, n - 1) * sd / math.sqrt(n) if n >= 2 and not math.isnan(sd) else math.nan
+            for n, sd in zip(out["n"], out["sd"])]
+    out["ci_low"], out["ci_high"] = out["mean"] - half, out["mean"] + half
     return out
 
 
@@ -59,7 +66,7 @@ def compute(runs_root: Path) -> tuple[pd.DataFrame, list[Path]]:
             d.insert(0, "panel", panel)
             parts.append(d)
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    cols = ["panel", "metric", "series", "round", "mean", "sd", "n"]
+    cols = ["panel", "metric", "series", "round", "mean", "sd", "n", "ci_low", "ci_high"]
     df = df.reindex(columns=cols)
     df["round"] = df["round"].astype("int64") if len(df) else df["round"]
     return df, sources
@@ -80,8 +87,9 @@ def _plot(ax, df: pd.DataFrame, panel: str, ylabel: str, title: str) -> bool:
             color, label = arm_color(series, i), arm_label(series)
         n = int(s["n"].max())
         ax.plot(s["round"], s["mean"], "o-", ms=3, color=color, label=f"{label} (n={n})")
-        sd = s["sd"].fillna(0.0).to_numpy()
-        ax.fill_between(s["round"].to_numpy(float), s["mean"] - sd, s["mean"] + sd, color=color, alpha=0.2, lw=0)
+        if s["ci_low"].notna().any():  # 95 % t-interval over seeds per round (none from one seed)
+            ax.fill_between(s["round"].to_numpy(float), s["ci_low"].to_numpy(float), s["ci_high"].to_numpy(float),
+                            color=color, alpha=0.2, lw=0)
     ax.set_xlabel("round")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(ylabel)

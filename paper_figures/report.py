@@ -17,6 +17,7 @@ from paper_figures import results as R
 from paper_figures.report_claims import claim_rows
 from paper_figures.report_context import ReportContext, measured_text
 from paper_figures.report_doubts import accounting_section, doubtful_claim_1, doubtful_claim_2
+from paper_figures.report_stats import intervals_section, privacy_utility_section
 from paper_figures.style import markdown_table
 
 
@@ -80,14 +81,17 @@ def build_report(runs_root: str | Path, out_dir: str | Path) -> Path:
         _setting(ctx),
         "## Claims (docs/CLAIMS.md)\n\n" + markdown_table(
             ["id", "Paper", "This repo (mean ± sd, n seeds)", "Deviation and why", "Source"], claims),
+        intervals_section(ctx),
         doubtful_claim_1(ctx),
         doubtful_claim_2(ctx),
         accounting_section(ctx),
+        privacy_utility_section(ctx),
         "## Figures and tables\n\n" + "\n".join(
             f"- {name}: `{name}.png` / `.pdf` / `.csv`" for name in (
                 "fig2_performance", "fig3_privacy", "fig4_scalability", "fig5_convergence", "ledger_tables",
-                "ledger_latency", "communication", "privacy_budget")) + "\n- Table 3.3: `table33.md`, `table33.csv`\n\n"
-        + "\n".join(f"![{n}]({n}.png)" for n in ("fig2_performance", "fig3_privacy", "fig4_scalability", "fig5_convergence")) + "\n",
+                "ledger_latency", "communication", "privacy_budget", "privacy_utility")) + "\n- Table 3.3: `table33.md`, `table33.csv`\n\n"
+        + "\n".join(f"![{n}]({n}.png)" for n in ("fig2_performance", "fig3_privacy", "fig4_scalability", "fig5_convergence",
+                                              "privacy_utility")) + "\n",
     ]
     if ctx.missing:
         parts.append("## Missing result files\n\n" + "\n".join(f"- {m}" for m in ctx.missing) + "\n")

@@ -28,6 +28,7 @@ import pandas as pd
 
 from bfdl_tff.config import ARMS
 from bfdl_tff.io_utils import atomic_write_text
+from paper_figures import intervals as I
 from paper_figures import results as R
 from paper_figures.common import Output
 from paper_figures.style import arm_label, fmt, markdown_table, write_csv
@@ -257,12 +258,26 @@ def generate(runs_root: Path, out_dir: Path) -> Output:
         "`paper_figures/table33.py` from result files only; `table33.csv` names the file of every cell.\n\n"
         + markdown_table(header, rows)
         + f"\nSource files: {srcs or 'none found'}\n"
+        + _intervals_section(runs_root, out_dir, out)
     )
     atomic_write_text(out_dir / "table33.md", md)
     out.files.append(out_dir / "table33.md")
     if not by_arm_present(cells):
         out.miss(f"{runs_root / R.ARMS_DIR}/*/summary.json")
     return out
+
+
+def _intervals_section(runs_root: Path, out_dir: Path, out: Output) -> str:
+    """Macro AUC with 95 % intervals and the paired differences (``paper_figures.intervals``);
+    writes ``table33_ci.csv``."""
+    doc, path = I.load(runs_root)
+    head = "\n## Macro AUC with 95 % intervals, paired differences between arms\n\n"
+    if doc is None:
+        out.miss(str(path))
+        return head + f"not measured (missing {path}; the reproduction's statistics stage writes it)\n"
+    out.read(path)
+    out.files.append(write_csv(I.frame(doc), out_dir / "table33_ci.csv"))
+    return head + I.markdown(doc, R.describe_sources([path], runs_root.parent))
 
 
 def by_arm_present(cells: list[Cell]) -> bool:

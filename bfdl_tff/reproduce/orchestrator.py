@@ -29,7 +29,7 @@ from bfdl_tff.config import REPO_ROOT
 from bfdl_tff.errors import BfdlError
 from bfdl_tff.io_utils import atomic_write_json
 from bfdl_tff.reproduce.context import Context
-from bfdl_tff.reproduce.profiles import load_profile, profile_names
+from bfdl_tff.reproduce.profiles import STAGE_VARIES, load_profile, profile_names
 from bfdl_tff.reproduce.records import config_hash, load_stages, records_base, rel, should_skip
 from bfdl_tff.reproduce.stages import STAGE_NAMES, STAGES, Stage, stage_config
 
@@ -37,13 +37,15 @@ RESULT_FILES = (("REPORT.md", "report (paper vs measured)"), ("table33.md", "Tab
                 ("fig2_performance.png", "Figure 2"), ("fig3_privacy.png", "Figure 3"),
                 ("fig4_scalability.png", "Figure 4"), ("fig5_convergence.png", "Figure 5"),
                 ("ledger_tables.md", "ledger tables"), ("communication.md", "communication"),
-                ("privacy_budget.md", "privacy budget"))
+                ("privacy_budget.md", "privacy budget"), ("privacy_utility.png", "privacy-utility curve"))
 
 
 def context_from_args(args: argparse.Namespace) -> Context:
     prof = load_profile(args.profile)
     data_root = Path(args.data_root) if args.data_root else None
-    if not prof.synthetic and data_root is None:
+    if not prof.synthetic and data_root is None and getattr(args, "dry_run", False):
+        data_root = Path("DATA_ROOT")  # a dry run reads no data: the path only appears in the configs
+    elif not prof.synthetic and data_root is None:
         raise BfdlError(f"--profile {prof.name} needs --data-root DIR (NIH ChestX-ray14: Data_Entry_2017.csv + images/)")
     return Context(profile=prof, runs=Path(args.runs).resolve(), out=Path(args.out).resolve(), data_root=data_root,
                    force=bool(args.force))
@@ -167,10 +169,47 @@ def _open_state(ctx: Context, base: Path) -> dict[str, Any]:
     return state
 
 
-def orchestrate(args: argparse.Namespace) -> int:
-    """Run the selected stages in order; 0 only if every one succeeded."""
+def dry_run(args: argparse.Namespace) -> int:
+    """Print the stages, their configs and the estimated work; check every run's config; train nothing."""
+    from bfdl_tff.reproduce.plan import check_configs, planned_runs
+
     ctx = context_from_args(args)
     order = _select(args)
+    runs = planned_runs(ctx, [s.name for s in order])
+    check_configs(ctx, runs)
+    b = ctx.base
+    print(f"reproduce: DRY RUN of profile {ctx.profile.name} ({ctx.profile.source}): nothing is trained", flush=True)
+    print(f"  {ctx.profile.description}; expected runtime {ctx.profile.expected_runtime}")
+    print(f"  experiment {ctx.profile.experiment_file()}: data {b.data.source} {b.data.image_size} px, "
+          f"{b.data.hospitals} hospitals; model {b.model.config} {b.model.overrides or ''}; {b.federated.rounds} rounds; "
+          f"privacy {b.privacy.mode} epsilon {b.privacy.target_epsilon:g}, aggregation {b.privacy.aggregation}")
+    total_runs = total_work = 0
+    for i, stage in enumerate(order, start=1):
+        mine = [r for r in runs if r.stage == stage.name]
+        varies = STAGE_VARIES.get(stage.name)
+        print(f"[{i}/{len(order)}] {stage.name}: {stage.help}" + (f" (varies {varies})" if varies else ""))
+        for r in mine:
+            imgs = r.train_images()
+            work = None if imgs is None else r.passes() * imgs
+            total_work += work or 0
+            print(f"    {r.run:<32} arm {r.cfg.arm:<11} seed {r.cfg.seed} hospitals {r.cfg.data.hospitals} "
+                  f"rounds {r.cfg.federated.rounds} eps {r.cfg.privacy.target_epsilon:g} "
+                  f"z {r.cfg.privacy.noise_multiplier or 'calibrated'} ledger {'on' if r.cfg.ledger.enabled else 'off'}: "
+                  f"{r.passes()} passes x {imgs if imgs is not None else '?'} training images = "
+                  f"{work if work is not None else '?'} image passes")
+        total_runs += len(mine)
+    print(f"reproduce: dry run: {total_runs} training runs, {total_work:,} image passes (passes x training images; "
+          f"an estimate from the configs); every run config passed the config check", flush=True)
+    return 0
+
+
+def orchestrate(args: argparse.Namespace) -> int:
+    """Run the selected stages in order; 0 only if every one succeeded."""
+    from bfdl_tff.reproduce.plan import check_configs, planned_runs
+
+    ctx = context_from_args(args)
+    order = _select(args)
+    check_configs(ctx, planned_runs(ctx, [s.name for s in order]))  # a bad config fails before any training
     base = records_base(ctx.runs)
     (ctx.runs / "logs").mkdir(parents=True, exist_ok=True)
     ctx.out.mkdir(parents=True, exist_ok=True)
@@ -234,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default=str(REPO_ROOT / "runs"), help="runs root (default: <repo>/runs)")
     p.add_argument("--out", default=str(REPO_ROOT / "results"), help="results directory (default: <repo>/results)")
     p.add_argument("--list", action="store_true", help="list stages and profiles, then exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the stages, their run configs and the estimated work; check the configs; train nothing")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     return p
 
@@ -254,10 +295,12 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.worker:
             return worker(args)
+        if args.dry_run:
+            return dry_run(args)
         return orchestrate(args)
     except BfdlError as e:
         print(f"reproduce: error: {e}", file=sys.stderr)
         return e.exit_code
 
 
-__all__ = ["build_parser", "context_from_args", "main", "orchestrate", "print_summary", "run_stage", "worker"]
+__all__ = ["build_parser", "context_from_args", "dry_run", "main", "orchestrate", "print_summary", "run_stage", "worker"]

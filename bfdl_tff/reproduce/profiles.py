@@ -33,7 +33,13 @@ PROFILE_DIR = CONFIG_DIR / "profiles"
 STAGE_VARIES: dict[str, dict[str, Any]] = {
     "ledger_off": {"ledger": {"enabled": False}},  # Fig. 5 with/without the ledger (C4)
     "client_dp": {"privacy": {"mode": "client"}},  # client-level DP at the same epsilon (CLAIMS note 2)
+    # the privacy-utility curve (issue 14.3): the ledger does not change what is trained; off saves time
+    "privacy_utility": {"ledger": {"enabled": False}},
 }
+
+#: ``privacy.noise_multiplier`` of the curve's no-noise point: DP-SGD with clipping and the privacy
+#: unit but (practically) no noise (``0`` in the config means "calibrate from target_epsilon").
+NO_NOISE_MULTIPLIER = 1e-7
 
 
 @dataclass
@@ -47,6 +53,42 @@ class ScalabilityStage:
 
     ks: list[int] = field(default_factory=lambda: [3, 4])
     rounds: int = field(default=2, metadata={"min": 1})
+
+
+@dataclass
+class PrivacyUtilityStage:
+    """The B-FDL arm at each target epsilon (privacy-utility curve, issue 14.3).
+
+    Each point runs ``seeds``, or ``seeds_by_epsilon[eps]`` where given (YAML keys are the
+    epsilons, e.g. ``{1: [0, 1, 2]}``). A point at the experiment's own ``privacy.target_epsilon``
+    whose seed is one of the arms' seeds reuses that ``arms/bfdl-s<seed>`` run (same config apart
+    from the ledger, which does not change training). ``no_noise`` adds DP-SGD with clipping only
+    (:data:`NO_NOISE_MULTIPLIER`), run with ``seeds``."""
+
+    epsilons: list[float] = field(default_factory=list)  # empty: the stage runs nothing
+    no_noise: bool = False
+    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds_by_epsilon: dict = field(default_factory=dict)
+
+    def check(self) -> list[tuple[str, str]]:
+        bad = [e for e in self.epsilons if not e > 0]
+        if bad:
+            return [("epsilons", f"every epsilon must be > 0, got {bad}")]
+        if len(set(self.epsilons)) != len(self.epsilons):
+            return [("epsilons", f"repeated values in {self.epsilons}")]
+        for k, v in self.seeds_by_epsilon.items():
+            if not isinstance(k, (int, float)) or isinstance(k, bool) or float(k) not in self.epsilons:
+                return [(f"seeds_by_epsilon.{k}", f"not one of epsilons {self.epsilons}")]
+            if not isinstance(v, list) or not v or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+                return [(f"seeds_by_epsilon.{k}", f"expected a non-empty list of integer seeds, got {v!r}")]
+        return []
+
+    def points(self) -> list[tuple[float | None, list[int]]]:
+        """``(epsilon, seeds)`` per point, ``epsilon None`` = the no-noise point."""
+        by = {float(k): list(v) for k, v in self.seeds_by_epsilon.items()}
+        pts: list[tuple[float | None, list[int]]] = [(float(e), by.get(float(e), list(self.seeds)))
+                                                     for e in sorted(self.epsilons)]
+        return pts + ([(None, list(self.seeds))] if self.no_noise else [])
 
 
 @dataclass
@@ -90,6 +132,7 @@ class Profile:
     attacks: AttacksStage = field(default_factory=AttacksStage)
     ledger_bench: LedgerBenchStage = field(default_factory=LedgerBenchStage)
     privacy_budget: PrivacyBudgetStage = field(default_factory=PrivacyBudgetStage)
+    privacy_utility: PrivacyUtilityStage = field(default_factory=PrivacyUtilityStage)
     name: str = ""
     source: str = ""
 
@@ -156,5 +199,6 @@ def load_profile(name_or_path: str | Path) -> Profile:
     return prof
 
 
-__all__ = ["PROFILE_DIR", "STAGE_VARIES", "AttacksStage", "LedgerBenchStage", "PrivacyBudgetStage", "Profile",
+__all__ = ["NO_NOISE_MULTIPLIER", "PROFILE_DIR", "STAGE_VARIES", "AttacksStage", "LedgerBenchStage",
+           "PrivacyBudgetStage", "PrivacyUtilityStage", "Profile",
            "ScalabilityStage", "SeedsStage", "load_profile", "merge", "profile_names"]

@@ -8,8 +8,10 @@
 ``attacks``        gradient inversion + membership inference on the arms' runs (Fig. 3; C3)
 ``ledger_bench``   ``ledger.bench.run_bench`` = ``bfdl ledger bench --json`` (C4, C6)
 ``scalability``    B-FDL with K hospitals for each K of the profile (Fig. 4; C10)
+``privacy_utility`` B-FDL at each epsilon of the profile + a no-noise point (privacy-utility curve)
 ``audit``          ``bfdl audit verify`` on every B-FDL ledger (``audit/verify.json``; C7)
 ``privacy_budget`` noise multiplier needed for the target epsilon at client and sample level (C9)
+``statistics``     CIs of the arms' test macro AUC over seeds and test images, paired differences
 ``figures``        ``python -m paper_figures figures`` (Table 3.3, Fig. 2-5, tables)
 ``report``         ``python -m paper_figures report`` -> ``results/REPORT.md``
 =================  =========================================================================
@@ -30,6 +32,7 @@ from bfdl_tff.errors import BfdlError
 from bfdl_tff.io_utils import atomic_write_json
 from bfdl_tff.reproduce.budget import privacy_budget_settings
 from bfdl_tff.reproduce.context import Context, Failures, run_all
+from bfdl_tff.reproduce.privacy_utility import planned_points, stage_privacy_utility
 from bfdl_tff.reproduce.profiles import STAGE_VARIES
 from bfdl_tff.runs import RunDir
 
@@ -51,7 +54,8 @@ def stage_data(ctx: Context) -> list[Path]:
 
     p = ctx.profile
     done = {}
-    for seed in sorted(set(p.arms.seeds + p.client_dp.seeds + p.ledger_off.seeds + [0])):
+    curve_seeds = [pt["seed"] for pt in planned_points(ctx)]
+    for seed in sorted(set(p.arms.seeds + p.client_dp.seeds + p.ledger_off.seeds + curve_seeds + [0])):
         cfg = ctx.config("bfdl", seed, name="data")
         pseed = cfg.resolved_seeds()["partition"]
         t0 = time.perf_counter()
@@ -184,6 +188,22 @@ def stage_privacy_budget(ctx: Context) -> list[Path]:
     return [out]
 
 
+def stage_statistics(ctx: Context) -> list[Path]:
+    """``statistics/arms_ci.json`` (:mod:`bfdl_tff.reproduce.statistics`; issue 14.4)."""
+    from bfdl_tff.reproduce.statistics import STATS_FILE, arms_statistics
+
+    t0 = time.perf_counter()
+    doc = arms_statistics(ctx.runs)
+    out = ctx.runs / STATS_FILE
+    atomic_write_json(out, doc)
+    for arm, d in doc["arms"].items():
+        s = d["over_seeds"]
+        ctx.log(f"{arm}: macro AUC {s['mean']} (95% CI {s['low']}..{s['high']}, n={s['n']})")
+    ctx.log(f"macro over {len(doc['macro_labels'])} findings; excluded: {sorted(doc['excluded_labels']) or 'none'}; "
+            f"{time.perf_counter() - t0:.1f}s")
+    return [out]
+
+
 def _paper_figures(ctx: Context, action: str, options: list[str]) -> None:
     from bfdl_tff.commands.figures import run_paper_figures
 
@@ -222,8 +242,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("attacks", stage_attacks, "privacy attacks on the arms"),
     Stage("ledger_bench", stage_ledger_bench, "ledger benchmark"),
     Stage("scalability", stage_scalability, "B-FDL with K hospitals"),
+    Stage("privacy_utility", stage_privacy_utility, "B-FDL at each epsilon (privacy-utility curve)"),
     Stage("audit", stage_audit, "audit the B-FDL ledgers (verify.json)"),
     Stage("privacy_budget", stage_privacy_budget, "noise for the target epsilon"),
+    Stage("statistics", stage_statistics, "confidence intervals and paired differences", always=True),
     Stage("figures", stage_figures, "figures and tables", always=True),
     Stage("report", stage_report, "results/REPORT.md", always=True),
 )
@@ -245,6 +267,7 @@ def stage_config(ctx: Context, stage: str) -> dict[str, Any]:
         "scalability": asdict(p.scalability),
         "audit": {"groups": [ARMS_DIR, CLIENT_DP_DIR, SCALABILITY_DIR]},
         "privacy_budget": asdict(p.privacy_budget),
+        "privacy_utility": {**asdict(p.privacy_utility), "points": planned_points(ctx)},
     }
     d.update(options.get(stage, {}))
     if stage in STAGE_VARIES:

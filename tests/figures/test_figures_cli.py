@@ -27,7 +27,7 @@ def test_bfdl_figures_and_report_run_paper_figures(runs, tmp_path, capfd):
     out = tmp_path / "results"
     assert cli.main(["figures", "--runs", str(runs), "--out", str(out), "--only", "table33"]) == 0
     assert (out / "table33.md").is_file() and not (out / "fig2_performance.png").exists()
-    assert "table33: table33.csv, table33.md" in capfd.readouterr().out
+    assert "table33: table33.csv, table33_ci.csv, table33.md" in capfd.readouterr().out
     assert cli.main(["report", "--runs", str(runs), "--out", str(out), "--no-figures"]) == 0
     text = capfd.readouterr().out
     assert "report: wrote" in text and (out / "REPORT.md").is_file() and (out / "expected_results.md").is_file()
@@ -52,7 +52,7 @@ def test_paper_figures_runs_without_tensorflow_or_training_code(runs, tmp_path):
              "    assert not e.code, e.code\n"
              "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_federated', 'keras')\n"
              "             or (m.startswith('bfdl_tff.') and m not in ('bfdl_tff.runs', 'bfdl_tff.config',\n"
-             "                 'bfdl_tff.io_utils', 'bfdl_tff.errors')))\n"
+             "                 'bfdl_tff.io_utils', 'bfdl_tff.errors', 'bfdl_tff.stats')))\n"
              "print('LOADED', bad)\n")
     log = tmp_path / "probe.log"
     with open(log, "w") as fh:

@@ -19,7 +19,7 @@ from paper_figures import results as R
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "results" / "runs"
 
 EXPECTED = {
-    "table33": ["table33.csv", "table33.md"],
+    "table33": ["table33.csv", "table33_ci.csv", "table33.md"],
     "fig2_performance": ["fig2_performance.png", "fig2_performance.pdf", "fig2_performance.csv"],
     "fig3_privacy": ["fig3_privacy.png", "fig3_privacy.pdf", "fig3_privacy.csv"],
     "fig4_scalability": ["fig4_scalability.png", "fig4_scalability.pdf", "fig4_scalability.csv", "scalability.csv"],
@@ -28,6 +28,7 @@ EXPECTED = {
     "ledger_latency": ["ledger_latency.png", "ledger_latency.pdf", "ledger_latency.csv", "ledger_latency.md"],
     "communication": ["communication.png", "communication.pdf", "communication.csv", "communication.md"],
     "privacy_budget": ["privacy_budget.png", "privacy_budget.pdf", "privacy_budget.csv", "privacy_budget.md"],
+    "privacy_utility": ["privacy_utility.png", "privacy_utility.pdf", "privacy_utility.csv"],
 }
 
 
@@ -228,4 +229,4 @@ def test_partial_rerun_keeps_the_manifest(tmp_path):
     paper_figures.generate_all(FIXTURES, tmp_path, only=("table33", "communication"))
     m = paper_figures.generate_all(FIXTURES, tmp_path, only=("communication",))
     assert list(m) == ["table33", "communication"]
-    assert json.loads((tmp_path / "figures_manifest.json").read_text())["table33"]["files"] == ["table33.csv", "table33.md"]
+    assert json.loads((tmp_path / "figures_manifest.json").read_text())["table33"]["files"] == ["table33.csv", "table33_ci.csv", "table33.md"]

@@ -30,7 +30,7 @@ def _ctx(tmp_path: Path, profile: str = "default", force: bool = False) -> Conte
                    data_root=None if prof.synthetic else tmp_path / "nih", force=force)
 
 
-@pytest.mark.parametrize("profile", ["quick", "default", "paper"])
+@pytest.mark.parametrize("profile", ["quick", "smoke", "default", "paper"])
 def test_profile_and_its_experiment_file_cannot_disagree(tmp_path, profile):
     """Every arm's config = the experiment YAML (+ the profile's overlay) except name, arm, seed,
     data.root; nothing about an arm is rebuilt in Python."""

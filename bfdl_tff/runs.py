@@ -205,6 +205,16 @@ class RunDir:
     def log_file(self) -> Path:
         return self.path / "train.log"
 
+    @property
+    def hospitals_dir(self) -> Path:
+        """Hospital-side files of the simulation (issue 16.3): ``hospitals/<name>/`` is what each
+        hospital keeps for itself; in a deployment it never leaves the hospital."""
+        return self.path / "hospitals"
+
+    def hospital_metrics_file(self, hospital: str) -> Path:
+        """Hospital ``hospital``'s own per-round training statistics (``local_metrics.csv``)."""
+        return self.hospitals_dir / hospital / "local_metrics.csv"
+
     # ---- JSON helpers -------------------------------------------------------------------
     def write_json(self, rel: str, obj: Any) -> Path:
         p = self.file(rel)

@@ -67,6 +67,7 @@ from bfdl_tff.federated import accounting
 from bfdl_tff.federated.checkpoints import Checkpoint, CheckpointStore, json_safe
 from bfdl_tff.federated.engine import Engine
 from bfdl_tff.federated.hooks import RoundContext, RoundHook, RunInfo, SecAggKeyringProvider, close_hooks, durable_through
+from bfdl_tff.federated.hospital_logs import HospitalLogs
 from bfdl_tff.federated.inputs import FederationData, concat_sets, load_data, validate_setup
 from bfdl_tff.federated.reporting import (
     BASE_COLUMNS,
@@ -183,6 +184,7 @@ class Runner:
             self.engine = CentralizedEngine(cfg, data, bundle, init_keras)
         else:
             tff_engine.attach_initial_model(init_keras)
+            tff_engine.attach_hospital_logs(HospitalLogs(self.rd.hospital_metrics_file))
             self.engine = tff_engine
         self.num_params = int(sum(w.size for w in init_weights))
 

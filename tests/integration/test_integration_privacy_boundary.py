@@ -1,0 +1,104 @@
+"""Issue 16.3: nothing private leaves a hospital un-noised. A tiny ``bfdl`` run (TFF, patient-level
+DP-SGD, masked secure aggregation, 4 PBFT replicas); then every server-side file of the run
+directory (all but ``hospitals/``) and every ledger transaction is walked: no training loss, no
+clipped fraction and no per-round example count of a hospital appears there; they are in the
+hospitals' own ``local_metrics.csv``. The public ``n_k`` (FedAvg weight) is on the ledger."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+pytestmark = [pytest.mark.tff]
+
+PRIVATE = ("train_loss", "clipped_fraction")
+
+
+def _cfg(rounds: int = 2):
+    from bfdl_tff.config import ExperimentConfig
+
+    cfg = ExperimentConfig(name="boundary", arm="bfdl", seed=0)
+    cfg.model.overrides = {"input_size": 16, "width": 8}
+    cfg.federated.rounds = rounds
+    cfg.federated.batch_size = 8
+    cfg.privacy.mode = "sample"
+    cfg.privacy.target_epsilon = 1.0
+    cfg.ledger.replicas = 4
+    return cfg
+
+
+def server_side_files(run: Path) -> list[Path]:
+    """Every file of the run directory except the hospitals' own ``hospitals/`` tree."""
+    return [p for p in run.rglob("*") if p.is_file() and "hospitals" not in p.relative_to(run).parts]
+
+
+def ledger_payloads(run: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, payload) of every transaction on the first replica's chain."""
+    from bfdl_tff.integration.audit import open_audit
+    from bfdl_tff.integration.chain import read_chain
+
+    files = open_audit(run).files
+    return [(t.kind, t.payload) for t in read_chain(files.replica_dbs()[0], files.load_genesis()).txs]
+
+
+def walk(obj: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """(key, leaf value) of every leaf of a JSON-like object."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from walk(v, str(k))
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from walk(v, key)
+    else:
+        yield key, obj
+
+
+def test_bfdl_run_keeps_hospital_statistics_hospital_side(tmp_path):
+    from bfdl_tff.federated.runner import run_experiment
+    from bfdl_tff.federated.testing import toy_federation
+    from bfdl_tff.integration.hook import attach_hooks
+    from bfdl_tff.runs import RunDir
+
+    cfg = _cfg()
+    rd = RunDir.create(tmp_path / "run", cfg)
+    data = toy_federation(size=16)
+    run_experiment(cfg, rd, hooks=attach_hooks(cfg, rd), data=data, progress=False)
+    n_k = {n: len(data.train[n]) for n in data.names}
+
+    # hospital side: each hospital's own statistics, one row per round
+    private_values: set[str] = set()
+    for name in data.names:
+        rows = list(csv.DictReader(rd.hospital_metrics_file(name).open()))
+        assert [int(r["round"]) for r in rows] == [1, 2]
+        for r in rows:
+            assert float(r["train_loss"]) > 0 and 0.0 <= float(r["clipped_fraction"]) <= 1.0
+            private_values |= {r["train_loss"], r["clipped_fraction"]} - {"0", "1"}
+    assert private_values
+
+    # server side: metrics.csv cells empty, summary.json without the keys, no value anywhere
+    rows = list(csv.DictReader(rd.metrics_file.open()))
+    assert len(rows) == 2 and all(r[c] == "" for r in rows for c in PRIVATE)
+    assert all(r["test_macro_auc"] for r in rows)  # the server's own evaluation is there
+    summary = json.loads(rd.summary_file.read_text())
+    assert not [k for k, _ in walk(summary) if k in PRIVATE]
+    files = server_side_files(rd.path)
+    assert rd.metrics_file in files and rd.summary_file in files
+    for f in files:
+        data_bytes = f.read_bytes()
+        leaked = [v for v in private_values if v.encode() in data_bytes]
+        assert not leaked, f"{f} holds hospital-side statistics {leaked}"
+        if rd.tensorboard_dir in f.parents:
+            assert not [c for c in PRIVATE if c.encode() in data_bytes], f"{f}: private tag"
+
+    # ledger: no private statistic in any payload; commitments carry the public n_k only
+    txs = ledger_payloads(rd.path)
+    assert {k for k, _ in txs} >= {"metrics.record", "round.commit_update", "privacy.record"}
+    for kind, payload in txs:
+        assert not [k for k, _ in walk(payload) if k in PRIVATE], f"{kind} carries a private statistic"
+    commits = [p for k, p in txs if k == "round.commit_update"]
+    assert len(commits) == 2 * len(n_k)
+    assert all(p["num_examples"] in n_k.values() for p in commits)

@@ -164,7 +164,7 @@ class Runner:
         invalidates eager models once TFF traces ``model_fn`` in a graph)."""
         from bfdl_tff.federated import model_bridge
         from bfdl_tff.federated.centralized import CentralizedEngine
-        from bfdl_tff.federated.evaluation import TestSplitEvaluator
+        from bfdl_tff.federated.federated_eval import FederatedValidationEvaluator, plain_sum, tff_sum
         from bfdl_tff.federated.tff_engine import FederatedEngine
 
         cfg, data = self.cfg, self.data
@@ -174,10 +174,12 @@ class Runner:
         init_weights = [np.asarray(w) for w in init_keras.get_weights()]
         if not _all_finite(init_weights):
             raise TrainingError("the initial model has non-finite weights")
-        x_val, y_val, _ = concat_sets([data.val.get(n) for n in data.names])
-        self.evaluator = TestSplitEvaluator(
-            bundle.keras(), x_test=data.test.x, y_test=data.test.y, x_val=x_val, y_val=y_val,
-            findings=self.findings, threshold_rule=cfg.eval.threshold_rule, fixed_threshold=cfg.eval.fixed_threshold,
+        # thresholds from the hospitals' summed validation-score histograms (issue 16.4)
+        val_sets = {n: (v.x, v.y) for n in data.names if (v := data.val.get(n)) is not None and len(v)}
+        self.evaluator = FederatedValidationEvaluator(
+            bundle.keras(), x_test=data.test.x, y_test=data.test.y, val_sets=val_sets, findings=self.findings,
+            threshold_rule=cfg.eval.threshold_rule, fixed_threshold=cfg.eval.fixed_threshold,
+            summer=plain_sum if tff_engine is None else tff_sum,
         )
         self.engine: Engine
         if tff_engine is None:

@@ -378,7 +378,7 @@ class RunDir:
             path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(cfg_file, dump_yaml(config))
             env = environment_record()
-            env["seeds"] = config.resolved_seeds()
+            env["seeds"] = config.recorded_seeds()
             atomic_write_json(path / "environment.json", env)
         except OSError as e:
             run.rollback()

@@ -63,7 +63,7 @@ import numpy as np
 from bfdl_tff import faults
 from bfdl_tff.config import ARMS, ExperimentConfig
 from bfdl_tff.errors import BfdlError, ConfigError
-from bfdl_tff.federated import accounting
+from bfdl_tff.federated import accounting, noise
 from bfdl_tff.federated.checkpoints import Checkpoint, CheckpointStore, json_safe
 from bfdl_tff.federated.engine import Engine
 from bfdl_tff.federated.hooks import RoundContext, RoundHook, RunInfo, SecAggKeyringProvider, close_hooks, durable_through
@@ -263,7 +263,7 @@ class Runner:
             raise TrainingError("more than one hook provides secure-aggregation keys")
         keyring = providers[0].secagg_keyring() if providers else EphemeralKeyring(
             self.data.names, run_id=f"{self.cfg.name}-{secrets.token_hex(4)}",
-            noise_seed=self.cfg.resolved_seeds()["dp_noise"])
+            noise_seed=noise.keyring_noise_seed(self.cfg))
         attach(keyring)
         log.info("masked secure aggregation; keys: %s", keyring.describe())
 
@@ -487,6 +487,7 @@ def run_experiment(
     try:
         if cfg.arm not in ARMS:
             raise ConfigError(source, "arm", f"unknown arm {cfg.arm!r} (one of {', '.join(ARMS)})")
+        noise.check_noise_seed(cfg, source=source)
         handler = _setup_logging(rd.log_file)
         done = _finished_summary(cfg, rd, hooks) if resume else None
         if done is None:

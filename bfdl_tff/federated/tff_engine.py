@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bfdl_tff.config import ExperimentConfig
-from bfdl_tff.federated import accounting
+from bfdl_tff.federated import accounting, noise
 from bfdl_tff.federated.engine import derive_seed
 from bfdl_tff.federated.hospital_logs import HospitalLogs, releases_hospital_statistics
 from bfdl_tff.federated.inputs import FederationData
@@ -47,7 +47,7 @@ def build_algorithm(cfg: ExperimentConfig, bundle: Any, sched: accounting.Privac
             noise_multiplier=sched.noise_multiplier,
             clients_per_round=sched.clients_per_round,
             l2_clip=p.l2_clip,
-            noise_seed=cfg.resolved_seeds()["dp_noise"],
+            noise_seed=noise.dp_noise_seed(cfg),
             secure_sum=secure,
             adaptive_clipping=p.adaptive_clipping,
             target_unclipped_quantile=p.target_unclipped_quantile,
@@ -188,7 +188,7 @@ class FederatedEngine:
         k = self.data.names.index(name)
         ts = self.data.train[name]
         if self.algorithm.data_kind == "dp_sgd_steps":
-            rng = np.random.default_rng([self.seeds["data_shuffle"], round_num, k])
+            rng = noise.dp_sgd_rng(self.cfg, round_num=round_num, hospital_index=k)
             return dp_sgd.round_dataset(ts, batch_size=f.batch_size, local_epochs=f.local_epochs, rng=rng,
                                         with_masks=self.bundle.with_masks, **self.sched.dp_sgd_kwargs(name))
         return make_dataset(

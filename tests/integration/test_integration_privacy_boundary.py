@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.tff]
@@ -102,3 +103,70 @@ def test_bfdl_run_keeps_hospital_statistics_hospital_side(tmp_path):
     commits = [p for k, p in txs if k == "round.commit_update"]
     assert len(commits) == 2 * len(n_k)
     assert all(p["num_examples"] in n_k.values() for p in commits)
+
+
+# ---- issue 16.5: deployment mode draws DP noise from the OS CSPRNG and writes no seed ----------
+
+SECRETS = {62: 0x2BADC0FFEE15C0DE, 128: 0x5EEDC0DE5EEDC0DE1234567890ABCDEF}
+
+
+def test_deployment_noise_writes_no_seed(tmp_path, monkeypatch):
+    from bfdl_tff.federated import noise
+    from bfdl_tff.federated.runner import run_experiment
+    from bfdl_tff.federated.testing import toy_federation
+    from bfdl_tff.integration.hook import attach_hooks
+    from bfdl_tff.runs import RunDir
+
+    drawn: list[int] = []
+
+    def fake_entropy(bits: int) -> int:  # stands in for the OS CSPRNG so the test knows the value
+        drawn.append(bits)
+        return SECRETS[bits]
+
+    monkeypatch.setattr(noise, "system_entropy", fake_entropy)
+    cfg = _cfg()
+    cfg.privacy.noise_seed = "system"
+    rd = RunDir.create(tmp_path / "deploy", cfg)
+    summary = run_experiment(cfg, rd, hooks=attach_hooks(cfg, rd), data=toy_federation(size=16), progress=False)
+    assert drawn.count(128) == 2 * 3  # one DP-SGD generator per (round, hospital), all from the CSPRNG
+    assert summary["seeds"]["dp_noise"] == "system"
+    assert json.loads((rd.path / "environment.json").read_text())["seeds"]["dp_noise"] == "system"
+    needles = [s for v in SECRETS.values() for s in (str(v), f"{v:x}", f"{v:X}")]
+    files = [p for p in rd.path.rglob("*") if p.is_file()]
+    assert len(files) > 10
+    for f in files:
+        data_bytes = f.read_bytes()
+        assert not [n for n in needles if n.encode() in data_bytes], f"{f} holds the noise seed"
+    for kind, payload in ledger_payloads(rd.path):
+        text = json.dumps(payload)
+        assert not [n for n in needles if n in text], f"{kind} holds the noise seed"
+        assert not [k for k, _ in walk(payload) if "seed" in k.lower()], f"{kind} names a seed"
+
+
+def test_deployment_mode_with_explicit_noise_seed_is_refused(tmp_path):
+    from bfdl_tff.config import ExperimentConfig, from_dict
+    from bfdl_tff.errors import ConfigError
+    from bfdl_tff.federated.runner import run_experiment
+    from bfdl_tff.federated.testing import toy_federation
+
+    with pytest.raises(ConfigError, match="seeds.dp_noise.*privacy.noise_seed: system"):
+        from_dict(ExperimentConfig, {"privacy": {"noise_seed": "system"}, "seeds": {"dp_noise": 7}}, source="x.yaml")
+    cfg = _cfg()
+    cfg.privacy.noise_seed, cfg.seeds.dp_noise = "system", 7
+    with pytest.raises(ConfigError, match="seeds.dp_noise"):
+        run_experiment(cfg, tmp_path / "refused", data=toy_federation(size=16), progress=False)
+    assert not (tmp_path / "refused" / "metrics.csv").exists()
+
+
+def test_system_noise_generators_are_fresh_and_recorded_ones_repeat():
+    from bfdl_tff.config import ExperimentConfig
+    from bfdl_tff.federated import noise
+
+    cfg = ExperimentConfig()
+    a, b = (noise.dp_sgd_rng(cfg, round_num=3, hospital_index=1).random(4) for _ in range(2))
+    assert np.array_equal(a, b)
+    cfg.privacy.noise_seed = "system"
+    a, b = (noise.dp_sgd_rng(cfg, round_num=3, hospital_index=1).random(4) for _ in range(2))
+    assert not np.array_equal(a, b)
+    assert noise.keyring_noise_seed(cfg) is None and noise.dp_noise_seed(cfg) != noise.dp_noise_seed(cfg)
+    assert cfg.recorded_seeds()["dp_noise"] == "system" and isinstance(cfg.resolved_seeds()["dp_noise"], int)

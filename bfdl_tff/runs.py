@@ -206,6 +206,11 @@ class RunDir:
         return self.path / "train.log"
 
     @property
+    def privacy_rounds_file(self) -> Path:
+        """Each hospital's epsilon / delta / noise multiplier after every round (issue 16.2)."""
+        return self.path / "privacy_rounds.csv"
+
+    @property
     def hospitals_dir(self) -> Path:
         """Hospital-side files of the simulation (issue 16.3): ``hospitals/<name>/`` is what each
         hospital keeps for itself; in a deployment it never leaves the hospital."""

@@ -68,6 +68,7 @@ from bfdl_tff.federated.checkpoints import Checkpoint, CheckpointStore, json_saf
 from bfdl_tff.federated.engine import Engine
 from bfdl_tff.federated.hooks import RoundContext, RoundHook, RunInfo, SecAggKeyringProvider, close_hooks, durable_through
 from bfdl_tff.federated.hospital_logs import HospitalLogs
+from bfdl_tff.federated.privacy_rounds import PrivacyRounds
 from bfdl_tff.federated.inputs import FederationData, concat_sets, load_data, validate_setup
 from bfdl_tff.federated.reporting import (
     BASE_COLUMNS,
@@ -119,6 +120,7 @@ class Runner:
         self.metrics = MetricsLog(run_dir.metrics_file, self.findings, tensorboard_dir=run_dir.tensorboard_dir)
         self.num_examples = {n: int(len(data.train[n])) for n in data.names}
         self.privacy = privacy_record(cfg, sched)
+        self.privacy_rounds = PrivacyRounds(sched, run_dir.privacy_rounds_file)  # per hospital (issue 16.2)
         self.start_round = 0  # rounds already done (resume)
         self.cum_bytes = 0
         self.last_eval: dict | None = None  # the newest evaluation (summary.json falls back to it)
@@ -312,6 +314,7 @@ class Runner:
         if self.hooks:
             self.undone.append(ckpt)
         self.metrics.append(rec.row)
+        self.privacy_rounds.record(rec.round_num)
         for n, why in rr.rejected.items():
             log.warning("round %d: update of %s rejected: %s", rec.round_num, n, why)
         if rr.update_non_finite:
@@ -405,7 +408,8 @@ class Runner:
         return {n: self.num_examples.get(n, total) for n in participants}
 
     def round_privacy(self, rec: RoundRecord) -> dict[str, Any]:
-        return {**self.privacy, "epsilon": rec.epsilon}
+        hospitals = self.privacy_rounds.after(rec.round_num)
+        return {**self.privacy, "epsilon": rec.epsilon, **({"hospitals": hospitals} if hospitals else {})}
 
     def context_from_checkpoint(self, ckpt: Checkpoint, gw: list[np.ndarray]) -> RoundContext:
         meta = ckpt.meta

@@ -104,6 +104,28 @@ def test_bfdl_run_keeps_hospital_statistics_hospital_side(tmp_path):
     assert len(commits) == 2 * len(n_k)
     assert all(p["num_examples"] in n_k.values() for p in commits)
 
+    # issue 16.2: each hospital's epsilon/delta per round on the ledger and in privacy_rounds.csv;
+    # the last round's equal privacy.json; the audit checks both, and catches an edited file
+    from bfdl_tff.integration.audit import verify_run
+
+    records = [p for k, p in txs if k == "privacy.record"]
+    assert [p["round"] for p in records] == [1, 2]
+    final = {h["hospital"]: h for h in json.loads(rd.privacy_file.read_text())["per_hospital"]}
+    assert set(records[-1]["hospitals"]) == set(final) == set(n_k)
+    for name, v in records[-1]["hospitals"].items():
+        assert v["epsilon"] == pytest.approx(final[name]["epsilon"], rel=1e-12)
+        assert v["delta"] == final[name]["delta"] and v["epsilon"] > records[0]["hospitals"][name]["epsilon"] > 0
+    assert len(list(csv.DictReader(rd.privacy_rounds_file.open()))) == 2 * len(n_k)
+    res = verify_run(rd.path)
+    assert res.ok, res.first_failure
+    assert res.check("privacy_per_hospital").ok
+    text = rd.privacy_rounds_file.read_text()
+    first_eps = repr(records[0]["hospitals"][data.names[0]]["epsilon"])
+    assert first_eps in text
+    rd.privacy_rounds_file.write_text(text.replace(first_eps, repr(float(first_eps) * 0.5)))
+    res = verify_run(rd.path)
+    assert not res.check("privacy_per_hospital").ok and "privacy_rounds.csv" in res.check("privacy_per_hospital").message
+
 
 # ---- issue 16.5: deployment mode draws DP noise from the OS CSPRNG and writes no seed ----------
 

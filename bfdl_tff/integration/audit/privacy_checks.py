@@ -3,7 +3,7 @@ chain are the run's.
 
 Sample-level DP-SGD calibrates each hospital's noise from its own patients and steps, so every
 ``privacy.record`` carries each hospital's cumulative ``{epsilon, delta, noise_multiplier}``.
-The check: the records of a sample-mode run carry them; each hospital's epsilon never decreases
+The check, when ``privacy.json`` lists ``per_hospital`` budgets: every record carries them; each hospital's epsilon never decreases
 over rounds; every round's values equal the run's ``privacy_rounds.csv``; the last round's equal
 ``privacy.json``'s ``per_hospital`` (the schedule the run trained with), for the same hospitals.
 """
@@ -45,8 +45,8 @@ def _privacy_json(ctx: AuditContext) -> dict[str, Any] | None:
 def check_privacy_per_hospital(ctx: AuditContext) -> list[Check]:
     rec = _privacy_json(ctx)
     records = {r: v.privacy for r, v in ctx.rounds.items() if v.privacy}
-    if rec is None or rec.get("mode") != "sample" or not records:
-        return [Check(NAME, True, "no per-hospital budgets to check (not a sample-level DP run)")]
+    if rec is None or not rec.get("per_hospital") or not records:
+        return [Check(NAME, True, "no per-hospital budgets to check (privacy.json lists none)")]
     prev: dict[str, float] = {}
     for r, p in records.items():
         hosp = p.get("hospitals")

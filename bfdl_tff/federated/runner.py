@@ -31,6 +31,13 @@ already written. Crash injection (tests): :mod:`bfdl_tff.faults` steps ``after_c
 ``after_queue``, ``after_durable``, ``before_finalize``. The runner owns the hooks' lifecycle:
 ``close()`` on every hook in its ``finally``.
 
+Privacy (issue 16): each hospital's training statistics go to its own
+``hospitals/<name>/local_metrics.csv`` (:mod:`~bfdl_tff.federated.hospital_logs`; not to the
+``bfdl`` arm's server files), thresholds come from summed per-hospital validation histograms
+(:mod:`~bfdl_tff.federated.federated_eval`), each hospital's epsilon per round goes to
+``privacy_rounds.csv`` and the hooks (:mod:`~bfdl_tff.federated.privacy_rounds`), and
+``privacy.noise_seed: system`` draws the DP noise from the OS CSPRNG (:mod:`~bfdl_tff.federated.noise`).
+
 Errors before training (``BfdlError``): unknown arm, a hospital without training examples,
 model input size / channels different from the data, an epsilon that the schedule cannot reach
 (``accounting.PrivacyBudgetError``), delta not below ``1/n``, an empty test split.

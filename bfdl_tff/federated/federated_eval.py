@@ -147,6 +147,16 @@ class FederatedValidationEvaluator:
         return thresholds_from_histograms(total, rule=self.threshold_rule, findings=self.findings,
                                           fixed=self.fixed), self.threshold_rule
 
+    def summary_extra(self) -> dict[str, Any]:
+        """``summary.json`` fields of the newest validation (empty before one): the validation AUC
+        from the summed histograms, per finding and macro (mean over findings with both classes)."""
+        aucs = [a for a in self.last_val_auc.values() if a is not None]
+        if not aucs:
+            return {}
+        return {"val_macro_auc_federated": float(np.mean(aucs)),
+                "val_per_finding_auc_federated": dict(self.last_val_auc),
+                "val_histogram_bins": self.bins}
+
     def predict_test(self, weights: Sequence[np.ndarray]) -> np.ndarray:
         self.model.set_weights(list(weights))
         return predict_findings(self.model, self.x_test)

@@ -383,7 +383,7 @@ class Runner:
                                      scores=self.evaluator.predict_test(weights), labels=self.findings)
             summary = build_summary(self.cfg, rows=self.metrics.rows, evaluation=evaluation, sched=self.sched,
                                     data=self.data, final_weights=weights, wall_s=wall_s, num_params=self.num_params,
-                                    extra=self.engine.summary_extra())
+                                    extra={**self.engine.summary_extra(), **self.evaluator.summary_extra()})
             atomic_write_json(self.rd.summary_file, json_safe(summary))
         faults.point("before_finalize", self.engine.rounds)
         for h in self.hooks:

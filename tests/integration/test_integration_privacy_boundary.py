@@ -85,6 +85,10 @@ def test_bfdl_run_keeps_hospital_statistics_hospital_side(tmp_path):
     assert len(rows) == 2 and all(r[c] == "" for r in rows for c in PRIVATE)
     assert all(r["test_macro_auc"] for r in rows)  # the server's own evaluation is there
     summary = json.loads(rd.summary_file.read_text())
+    # issue 16.4: validation AUC from the summed histograms (thresholds chosen from the same sums)
+    assert 0.0 <= summary["val_macro_auc_federated"] <= 1.0 and summary["val_histogram_bins"] == 1000
+    assert summary["threshold_rule"] == "youden_val"
+    assert all(abs(v * 1000 - round(v * 1000)) < 1e-9 for v in summary["thresholds"].values())  # bin edges
     assert not [k for k, _ in walk(summary) if k in PRIVATE]
     files = server_side_files(rd.path)
     assert rd.metrics_file in files and rd.summary_file in files

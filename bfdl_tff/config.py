@@ -168,6 +168,11 @@ class PrivacyConfig:
     # Images of a sampled patient used per step (drawn without replacement, seeded); 0 = all. Not a
     # privacy bound (the patient's summed gradient is clipped whatever its size): it bounds work.
     max_images_per_patient: int = _c(0, min=0)
+    # Where the DP noise comes from (issue 16.5; docs/privacy.md): "recorded" = derived from the
+    # run's seeds (written to summary.json / environment.json: exact reruns, simulation only);
+    # "system" = deployment: drawn from the OS CSPRNG at run time, no noise seed written anywhere
+    # (seeds.dp_noise must then be left unset).
+    noise_seed: str = _c("recorded", choices=("recorded", "system"))
     # Calibrate each hospital's noise multiplier from its own n_k and steps (else one shared).
     per_hospital_noise: bool = True
     # Expected images per DP-SGD step (q_k = batch_size / n_k); 0 = federated.batch_size.
@@ -275,6 +280,10 @@ class ExperimentConfig:
             )
         if self.ledger.replicas > 1 and (self.ledger.replicas - 1) % 3 != 0:
             problems.append(("ledger.replicas", f"must be 3f+1 (1, 4, 7, 10, ...), got {self.ledger.replicas}"))
+        if self.privacy.noise_seed == "system" and self.seeds.dp_noise >= 0:
+            problems.append(("seeds.dp_noise", f"{self.seeds.dp_noise} set, but privacy.noise_seed: system draws the DP "
+                             "noise from the OS CSPRNG and records no seed; remove seeds.dp_noise or use "
+                             "privacy.noise_seed: recorded"))
         return problems
 
     def resolved_seeds(self) -> dict[str, int]:
@@ -284,6 +293,14 @@ class ExperimentConfig:
             v = getattr(self.seeds, f.name)
             out[f.name] = v if v >= 0 else self.seed * 1000 + i + 1
         out["seed"] = self.seed
+        return out
+
+    def recorded_seeds(self) -> dict[str, int | str]:
+        """The seeds a run writes down (``summary.json``, ``environment.json``): the resolved
+        seeds, with ``dp_noise`` = ``"system"`` under ``privacy.noise_seed: system`` (issue 16.5)."""
+        out: dict[str, int | str] = dict(self.resolved_seeds())
+        if self.privacy.noise_seed == "system":
+            out["dp_noise"] = "system"
         return out
 
 

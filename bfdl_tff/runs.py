@@ -205,6 +205,21 @@ class RunDir:
     def log_file(self) -> Path:
         return self.path / "train.log"
 
+    @property
+    def privacy_rounds_file(self) -> Path:
+        """Each hospital's epsilon / delta / noise multiplier after every round (issue 16.2)."""
+        return self.path / "privacy_rounds.csv"
+
+    @property
+    def hospitals_dir(self) -> Path:
+        """Hospital-side files of the simulation (issue 16.3): ``hospitals/<name>/`` is what each
+        hospital keeps for itself; in a deployment it never leaves the hospital."""
+        return self.path / "hospitals"
+
+    def hospital_metrics_file(self, hospital: str) -> Path:
+        """Hospital ``hospital``'s own per-round training statistics (``local_metrics.csv``)."""
+        return self.hospitals_dir / hospital / "local_metrics.csv"
+
     # ---- JSON helpers -------------------------------------------------------------------
     def write_json(self, rel: str, obj: Any) -> Path:
         p = self.file(rel)
@@ -368,7 +383,7 @@ class RunDir:
             path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(cfg_file, dump_yaml(config))
             env = environment_record()
-            env["seeds"] = config.resolved_seeds()
+            env["seeds"] = config.recorded_seeds()
             atomic_write_json(path / "environment.json", env)
         except OSError as e:
             run.rollback()

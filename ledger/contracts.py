@@ -28,6 +28,8 @@ transaction applies at once; with quorum q > 1 each identical proposal is a vote
 Privacy budget: ``epsilon`` in ``privacy.record`` is the *cumulative* epsilon reported by the
 accountant after the round; it must be non-decreasing across records and at most
 ``Genesis.epsilon_cap`` (``None`` = no cap).  A record that would pass the cap is refused.
+Its optional ``hospitals`` field (``{name: {epsilon, delta, noise_multiplier}}``, per-hospital
+sample-level DP) obeys the same rules per hospital, against the latest earlier round's record.
 
 Run record (issue 17.3): ``run.finalize`` binds the SHA-256 of a run's ``metrics.csv``,
 ``summary.json``, ``config.yaml`` and ``final_model.npz`` to the chain; it is accepted once, only

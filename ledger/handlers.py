@@ -275,12 +275,39 @@ class ContractHandlers:
         cap = self._s["epsilon_cap"]
         if cap is not None and eps > cap:
             return no("budget_exceeded", f"epsilon {eps} exceeds the cap {cap}")
+        if "hospitals" in p:
+            bad = self._hospital_budgets(p["hospitals"], p["round"], cap)
+            if bad is not None:
+                return bad
         rnd["privacy"] = {"epsilon": eps, "delta": p["delta"], "accountant": p["accountant"],
                           "noise_multiplier": p["noise_multiplier"], "tx": tx.tx_hash().hex()}
+        if "hospitals" in p:
+            rnd["privacy"]["hospitals"] = {h: dict(v) for h, v in p["hospitals"].items()}
         priv["epsilon"] = eps
         priv["records"] += 1
         priv["last_round"] = p["round"]
         return ok("recorded", f"epsilon {eps} after round {p['round']}")
+
+    def _hospital_budgets(self, hospitals: Any, round_num: int, cap: float | None) -> TxResult | None:
+        """Issue 16.2: each hospital's cumulative ``{epsilon, delta, noise_multiplier}``; an epsilon
+        may not decrease against the latest earlier record nor pass the cap. ``None`` if valid."""
+        if not isinstance(hospitals, dict) or not 0 < len(hospitals) <= 64:
+            return no("bad_payload", "hospitals must be an object of 1-64 hospitals")
+        earlier = [int(k) for k, v in self._s["rounds"].items() if int(k) < round_num and v["privacy"] is not None]
+        prev = self._s["rounds"][str(max(earlier))]["privacy"].get("hospitals", {}) if earlier else {}
+        for name, v in hospitals.items():
+            if not _is_str(name, 64) or not isinstance(v, dict) or set(v) != {"epsilon", "delta", "noise_multiplier"}:
+                return no("bad_payload", "each hospital needs exactly epsilon, delta, noise_multiplier")
+            if not _is_num(v["epsilon"]) or v["epsilon"] < 0 or not _is_num(v["noise_multiplier"]) or v["noise_multiplier"] < 0:
+                return no("bad_payload", f"hospital {name}: epsilon and noise_multiplier must be finite numbers >= 0")
+            if not _is_num(v["delta"]) or not 0 <= v["delta"] < 1:
+                return no("bad_payload", f"hospital {name}: delta must be a number in [0, 1)")
+            if name in prev and v["epsilon"] < prev[name]["epsilon"]:
+                return no("epsilon_decreasing", f"hospital {name}: epsilon {v['epsilon']} is below the recorded "
+                          f"{prev[name]['epsilon']}")
+            if cap is not None and v["epsilon"] > cap:
+                return no("budget_exceeded", f"hospital {name}: epsilon {v['epsilon']} exceeds the cap {cap}")
+        return None
 
     @handles("metrics.record")
     def _metrics_record(self, tx: Transaction, height: int, ts: int) -> TxResult:

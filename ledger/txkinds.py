@@ -49,8 +49,9 @@ TX_KINDS: Mapping[str, TxKind] = MappingProxyType({k.name: k for k in (
        summary="a hospital's salted commitment to its model update for the open round"),
     _k("round.global_model", _SERVER, {"round", "model_hash"}, {"checkpoint_address", "checkpoint_sha256"},
        summary="the round's global-model hash and its off-chain checkpoint"),
-    _k("privacy.record", _SERVER, {"round", "epsilon", "delta", "accountant", "noise_multiplier"},
-       summary="cumulative privacy budget after the round (refused past the cap)"),
+    _k("privacy.record", _SERVER, {"round", "epsilon", "delta", "accountant", "noise_multiplier"}, {"hospitals"},
+       summary="cumulative privacy budget after the round, optionally each hospital's epsilon/delta/noise "
+               "(refused past the cap)"),
     _k("metrics.record", _SERVER, {"round", "metrics"}, summary="the round's released metrics"),
     _k("round.close", _SERVER, {"round"}, summary="close the open round (updates reputations)"),
     _k("round.abort", _SERVER, {"round", "reason"},

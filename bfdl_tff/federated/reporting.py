@@ -160,7 +160,7 @@ def build_summary(
         "arm": cfg.arm,
         "name": cfg.name,
         "seed": cfg.seed,
-        "seeds": cfg.resolved_seeds(),
+        "seeds": cfg.recorded_seeds(),  # dp_noise "system" in deployment mode (issue 16.5)
         "rounds": len(rows),
         "hospitals": list(data.names),
         "num_examples": {n: int(len(data.train[n])) for n in data.names},

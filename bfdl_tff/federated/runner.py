@@ -31,6 +31,13 @@ already written. Crash injection (tests): :mod:`bfdl_tff.faults` steps ``after_c
 ``after_queue``, ``after_durable``, ``before_finalize``. The runner owns the hooks' lifecycle:
 ``close()`` on every hook in its ``finally``.
 
+Privacy (issue 16): each hospital's training statistics go to its own
+``hospitals/<name>/local_metrics.csv`` (:mod:`~bfdl_tff.federated.hospital_logs`; not to the
+``bfdl`` arm's server files), thresholds come from summed per-hospital validation histograms
+(:mod:`~bfdl_tff.federated.federated_eval`), each hospital's epsilon per round goes to
+``privacy_rounds.csv`` and the hooks (:mod:`~bfdl_tff.federated.privacy_rounds`), and
+``privacy.noise_seed: system`` draws the DP noise from the OS CSPRNG (:mod:`~bfdl_tff.federated.noise`).
+
 Errors before training (``BfdlError``): unknown arm, a hospital without training examples,
 model input size / channels different from the data, an epsilon that the schedule cannot reach
 (``accounting.PrivacyBudgetError``), delta not below ``1/n``, an empty test split.
@@ -63,10 +70,12 @@ import numpy as np
 from bfdl_tff import faults
 from bfdl_tff.config import ARMS, ExperimentConfig
 from bfdl_tff.errors import BfdlError, ConfigError
-from bfdl_tff.federated import accounting
+from bfdl_tff.federated import accounting, noise
 from bfdl_tff.federated.checkpoints import Checkpoint, CheckpointStore, json_safe
 from bfdl_tff.federated.engine import Engine
 from bfdl_tff.federated.hooks import RoundContext, RoundHook, RunInfo, SecAggKeyringProvider, close_hooks, durable_through
+from bfdl_tff.federated.hospital_logs import HospitalLogs
+from bfdl_tff.federated.privacy_rounds import PrivacyRounds
 from bfdl_tff.federated.inputs import FederationData, concat_sets, load_data, validate_setup
 from bfdl_tff.federated.reporting import (
     BASE_COLUMNS,
@@ -118,6 +127,7 @@ class Runner:
         self.metrics = MetricsLog(run_dir.metrics_file, self.findings, tensorboard_dir=run_dir.tensorboard_dir)
         self.num_examples = {n: int(len(data.train[n])) for n in data.names}
         self.privacy = privacy_record(cfg, sched)
+        self.privacy_rounds = PrivacyRounds(sched, run_dir.privacy_rounds_file)  # per hospital (issue 16.2)
         self.start_round = 0  # rounds already done (resume)
         self.cum_bytes = 0
         self.last_eval: dict | None = None  # the newest evaluation (summary.json falls back to it)
@@ -163,7 +173,7 @@ class Runner:
         invalidates eager models once TFF traces ``model_fn`` in a graph)."""
         from bfdl_tff.federated import model_bridge
         from bfdl_tff.federated.centralized import CentralizedEngine
-        from bfdl_tff.federated.evaluation import TestSplitEvaluator
+        from bfdl_tff.federated.federated_eval import FederatedValidationEvaluator, plain_sum, tff_sum
         from bfdl_tff.federated.tff_engine import FederatedEngine
 
         cfg, data = self.cfg, self.data
@@ -173,16 +183,19 @@ class Runner:
         init_weights = [np.asarray(w) for w in init_keras.get_weights()]
         if not _all_finite(init_weights):
             raise TrainingError("the initial model has non-finite weights")
-        x_val, y_val, _ = concat_sets([data.val.get(n) for n in data.names])
-        self.evaluator = TestSplitEvaluator(
-            bundle.keras(), x_test=data.test.x, y_test=data.test.y, x_val=x_val, y_val=y_val,
-            findings=self.findings, threshold_rule=cfg.eval.threshold_rule, fixed_threshold=cfg.eval.fixed_threshold,
+        # thresholds from the hospitals' summed validation-score histograms (issue 16.4)
+        val_sets = {n: (v.x, v.y) for n in data.names if (v := data.val.get(n)) is not None and len(v)}
+        self.evaluator = FederatedValidationEvaluator(
+            bundle.keras(), x_test=data.test.x, y_test=data.test.y, val_sets=val_sets, findings=self.findings,
+            threshold_rule=cfg.eval.threshold_rule, fixed_threshold=cfg.eval.fixed_threshold,
+            summer=plain_sum if tff_engine is None else tff_sum,
         )
         self.engine: Engine
         if tff_engine is None:
             self.engine = CentralizedEngine(cfg, data, bundle, init_keras)
         else:
             tff_engine.attach_initial_model(init_keras)
+            tff_engine.attach_hospital_logs(HospitalLogs(self.rd.hospital_metrics_file))
             self.engine = tff_engine
         self.num_params = int(sum(w.size for w in init_weights))
 
@@ -259,7 +272,7 @@ class Runner:
             raise TrainingError("more than one hook provides secure-aggregation keys")
         keyring = providers[0].secagg_keyring() if providers else EphemeralKeyring(
             self.data.names, run_id=f"{self.cfg.name}-{secrets.token_hex(4)}",
-            noise_seed=self.cfg.resolved_seeds()["dp_noise"])
+            noise_seed=noise.keyring_noise_seed(self.cfg))
         attach(keyring)
         log.info("masked secure aggregation; keys: %s", keyring.describe())
 
@@ -308,6 +321,7 @@ class Runner:
         if self.hooks:
             self.undone.append(ckpt)
         self.metrics.append(rec.row)
+        self.privacy_rounds.record(rec.round_num)
         for n, why in rr.rejected.items():
             log.warning("round %d: update of %s rejected: %s", rec.round_num, n, why)
         if rr.update_non_finite:
@@ -369,7 +383,7 @@ class Runner:
                                      scores=self.evaluator.predict_test(weights), labels=self.findings)
             summary = build_summary(self.cfg, rows=self.metrics.rows, evaluation=evaluation, sched=self.sched,
                                     data=self.data, final_weights=weights, wall_s=wall_s, num_params=self.num_params,
-                                    extra=self.engine.summary_extra())
+                                    extra={**self.engine.summary_extra(), **self.evaluator.summary_extra()})
             atomic_write_json(self.rd.summary_file, json_safe(summary))
         faults.point("before_finalize", self.engine.rounds)
         for h in self.hooks:
@@ -401,7 +415,8 @@ class Runner:
         return {n: self.num_examples.get(n, total) for n in participants}
 
     def round_privacy(self, rec: RoundRecord) -> dict[str, Any]:
-        return {**self.privacy, "epsilon": rec.epsilon}
+        hospitals = self.privacy_rounds.after(rec.round_num)
+        return {**self.privacy, "epsilon": rec.epsilon, **({"hospitals": hospitals} if hospitals else {})}
 
     def context_from_checkpoint(self, ckpt: Checkpoint, gw: list[np.ndarray]) -> RoundContext:
         meta = ckpt.meta
@@ -483,6 +498,7 @@ def run_experiment(
     try:
         if cfg.arm not in ARMS:
             raise ConfigError(source, "arm", f"unknown arm {cfg.arm!r} (one of {', '.join(ARMS)})")
+        noise.check_noise_seed(cfg, source=source)
         handler = _setup_logging(rd.log_file)
         done = _finished_summary(cfg, rd, hooks) if resume else None
         if done is None:

@@ -10,6 +10,11 @@ hook's, else ephemeral; native context), ``tff_secure_sum`` TFF's secure sum (wh
 ``test`` execution context), ``none`` the plain mean. A round runs one TFF computation per
 hospital's client work and then the aggregation (``processes.FederatedTrainer``), so each hospital
 can commit to its own update (:mod:`bfdl_tff.federated.hooks`).
+
+Privacy boundary (issue 16.3): :meth:`FederatedEngine.run_round` hands each hospital's training
+statistics (loss, clipped fraction, examples drawn) to that hospital's own log
+(:mod:`bfdl_tff.federated.hospital_logs`); the :class:`RoundResult` the server reports carries
+them only for arms without a privacy claim (``hospital_logs.releases_hospital_statistics``).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from bfdl_tff.config import ExperimentConfig
-from bfdl_tff.federated import accounting
+from bfdl_tff.federated import accounting, noise
 from bfdl_tff.federated.engine import derive_seed
+from bfdl_tff.federated.hospital_logs import HospitalLogs, releases_hospital_statistics
 from bfdl_tff.federated.inputs import FederationData
 from bfdl_tff.federated.results import RoundResult
 from bfdl_tff.tff_runtime import ContextKind
@@ -41,7 +47,7 @@ def build_algorithm(cfg: ExperimentConfig, bundle: Any, sched: accounting.Privac
             noise_multiplier=sched.noise_multiplier,
             clients_per_round=sched.clients_per_round,
             l2_clip=p.l2_clip,
-            noise_seed=cfg.resolved_seeds()["dp_noise"],
+            noise_seed=noise.dp_noise_seed(cfg),
             secure_sum=secure,
             adaptive_clipping=p.adaptive_clipping,
             target_unclipped_quantile=p.target_unclipped_quantile,
@@ -106,6 +112,11 @@ class FederatedEngine:
         self.context_kind: ContextKind | None = self.algorithm.context
         self.aggregation = aggregation_of(cfg)
         self.masked: Any = None  # MaskedAggregation, once the runner attached the keyring
+        self.hospital_logs: HospitalLogs | None = None  # hospital-side logs (attach_hospital_logs)
+
+    def attach_hospital_logs(self, logs: HospitalLogs) -> None:
+        """Where each hospital writes its own training statistics (issue 16.3; hospital side)."""
+        self.hospital_logs = logs
 
     def attach_secagg_keyring(self, keyring: Any) -> None:
         """Masked secure aggregation: the identities of the round protocol (a
@@ -177,7 +188,7 @@ class FederatedEngine:
         k = self.data.names.index(name)
         ts = self.data.train[name]
         if self.algorithm.data_kind == "dp_sgd_steps":
-            rng = np.random.default_rng([self.seeds["data_shuffle"], round_num, k])
+            rng = noise.dp_sgd_rng(self.cfg, round_num=round_num, hospital_index=k)
             return dp_sgd.round_dataset(ts, batch_size=f.batch_size, local_epochs=f.local_epochs, rng=rng,
                                         with_masks=self.bundle.with_masks, **self.sched.dp_sgd_kwargs(name))
         return make_dataset(
@@ -194,16 +205,22 @@ class FederatedEngine:
         if self.aggregation == "masked" and self.masked is None:
             raise RuntimeError("masked secure aggregation needs a keyring (FederatedEngine.attach_secagg_keyring)")
         out = self.trainer.run_round(state, datasets, round_num=round_num)
-        bb, bu = self.traffic.round_bytes(len(parts))
-        clipped = [c.metrics.get("train/clipped_fraction") for c in out.clients.values()]
+        # --- hospital side (issue 16.3): each hospital's own statistics go to its own log ---
+        if self.hospital_logs is not None:
+            for n, c in out.clients.items():
+                self.hospital_logs.record(round_num, n, c.metrics, rejected=c.rejected)
+        # --- server side: hospital statistics only for arms without a privacy claim ---
+        release = releases_hospital_statistics(self.cfg)
+        clipped = [c.metrics.get("train/clipped_fraction") for c in out.clients.values()] if release else []
         clipped = [c for c in clipped if c is not None]
+        bb, bu = self.traffic.round_bytes(len(parts))
         sa = out.secagg
         if sa is not None:  # the protocol's measured wire bytes (masked vectors, keys, shares, signatures)
             bu = int(sum(sa.raw.bytes_sent.values()))
         return out.state, RoundResult(
             participants=parts,
             commitments={n: c.commitment for n, c in out.clients.items()},
-            train_loss=out.train_loss,
+            train_loss=out.train_loss if release else float("nan"),
             bytes_broadcast=bb,
             bytes_uploaded=bu,
             rejected={n: c.rejected for n, c in out.clients.items() if c.rejected},

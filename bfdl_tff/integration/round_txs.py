@@ -11,7 +11,8 @@ kind                         signer      payload
                                          (masked runs only; issue 18)
 ``round.global_model``       aggregator  round, weights_digest(global weights), off-chain
                                          checkpoint address and SHA-256
-``privacy.record``           aggregator  round, epsilon, delta, accountant, noise multiplier
+``privacy.record``           aggregator  round, epsilon, delta, accountant, noise multiplier,
+                                         each hospital's epsilon/delta/noise (sample-level DP)
                                          (the privacy-budget contract refuses it past the cap)
 ``metrics.record``           aggregator  round, the round's metrics row (finite values)
 ``access.request_summary``   hospital k  round (x K: each hospital fetching the new global
@@ -137,7 +138,10 @@ class RoundSigner:
             out.txs.append(self.sign(agg, "privacy.record", {
                 "round": r, "epsilon": float(p["epsilon"]), "delta": float(p.get("delta") or 0.0),
                 "accountant": str(p.get("accountant") or ""),
-                "noise_multiplier": float(p.get("noise_multiplier") or 0.0)}))
+                "noise_multiplier": float(p.get("noise_multiplier") or 0.0),
+                # each hospital's own budget (sample-level DP, calibrated per hospital; issue 16.2)
+                **({"hospitals": {h: {k: float(v[k]) for k in ("epsilon", "delta", "noise_multiplier")}
+                                  for h, v in p["hospitals"].items()}} if p.get("hospitals") else {})}))
         out.txs.append(self.sign(agg, "metrics.record", {"round": r, "metrics": finite_metrics(job.metrics)}))
         if self.request_summaries:
             out.txs.extend(self.sign(self.names[h], "access.request_summary", {"round": r}) for h in job.participants)

@@ -15,6 +15,21 @@ from collections import defaultdict
 from pathlib import Path
 
 
+def train_loss(run: Path, row: dict) -> float:
+    """The round's training loss: ``metrics.csv``'s, else (``bfdl`` arm: hospital-side statistics,
+    issue 16.3) the example-weighted mean of the hospitals' own ``hospitals/*/local_metrics.csv``,
+    which only the operator of a simulation holds."""
+    if row.get("train_loss"):
+        return float(row["train_loss"])
+    pairs = []
+    for f in sorted((run / "hospitals").glob("*/local_metrics.csv")):
+        with open(f, newline="") as fh:
+            pairs += [(float(r["train_loss"]), float(r["num_examples"] or 1)) for r in csv.DictReader(fh)
+                      if r["round"] == row["round"] and r["train_loss"]]
+    n = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / n if n else float("nan")
+
+
 def test_positives(run: Path) -> dict[str, int]:
     from bfdl_tff.data.labels import FINDINGS
 
@@ -35,8 +50,8 @@ def one(run: Path) -> dict:
         "run": run.name, "arm": s["arm"], "seed": s["seed"], "test_macro_auc": s["final_macro_auc"],
         "test_micro_auc": s["final_micro_auc"], "findings_averaged": 14 - len(s["skipped_findings"]),
         "skipped_findings": s["skipped_findings"], "test_images": s["num_test_examples"],
-        "test_positives": test_positives(run), "train_loss_first": float(rows[0]["train_loss"]),
-        "train_loss_last": float(rows[-1]["train_loss"]), "test_auc_by_round": [round(float(r["test_macro_auc"]), 4) for r in rows],
+        "test_positives": test_positives(run), "train_loss_first": train_loss(run, rows[0]),
+        "train_loss_last": train_loss(run, rows[-1]), "test_auc_by_round": [round(float(r["test_macro_auc"]), 4) for r in rows],
         "run_wall_s": round(s["wall_s"], 1), "round_wall_s_mean": round(s["round_wall_s_mean"], 2),
         "epsilon": s.get("epsilon"), "per_hospital_epsilon": {h["hospital"]: round(h["epsilon"], 4) for h in priv.get("per_hospital", [])},
         "per_hospital_noise": {h["hospital"]: round(h["noise_multiplier"], 3) for h in priv.get("per_hospital", [])},

@@ -169,9 +169,14 @@ def test_resume_after_interrupt_equals_uninterrupted(runs, tmp_path):
     from bfdl_tff.federated.tensorboard import read_scalars
 
     tb = read_scalars(tmp_path / "tensorboard")
-    assert sorted(tb["train_loss"]) == [1, 2]
-    assert [tb["train_loss"][s] for s in (1, 2)] == pytest.approx(
-        [float(r["train_loss"]) for r in _rows(tmp_path / "metrics.csv")], rel=1e-6)
+    assert sorted(tb["test_loss"]) == [1, 2]
+    assert [tb["test_loss"][s] for s in (1, 2)] == pytest.approx(
+        [float(r["test_loss"]) for r in _rows(tmp_path / "metrics.csv")], rel=1e-6)
+    # the bfdl arm's training loss stays hospital-side (issue 16.3): each hospital's own log
+    # holds rounds 1 and 2 once (round 1 rewritten on resume), the server's logs none
+    assert "train_loss" not in tb
+    for name in toy().names:
+        assert [r["round"] for r in _rows(tmp_path / "hospitals" / name / "local_metrics.csv")] == ["1", "2"]
     # resuming a finished run trains nothing more
     again = RecordingHook()
     run_experiment(cfg, tmp_path, hooks=[again], resume=True, data=toy(), progress=False)

@@ -302,3 +302,30 @@ def test_state_root_commits_to_old_rounds() -> None:
     before = w.st.state_root()
     assert w.do(HOSP[1], "access.request_summary", {"round": 1}).ok
     assert w.st.state_root() != before and w.st.state_root() == w.st.full_state_root()
+
+
+def test_privacy_budget_per_hospital() -> None:
+    """Issue 16.2: each hospital's epsilon/delta/noise per round; per-hospital epsilon may not
+    decrease against the latest earlier record nor pass the cap; malformed entries are refused."""
+    w = World().setup()
+
+    def rec(r: int, hospitals: object):
+        return w.do(AGG, "privacy.record", {"round": r, "epsilon": 0.9, "delta": 1e-5, "accountant": "rdp",
+                                            "noise_multiplier": 1.1, "hospitals": hospitals})
+
+    def h(a: float, b: float) -> dict:
+        return {"a": {"epsilon": a, "delta": 1e-5, "noise_multiplier": 1.2},
+                "b": {"epsilon": b, "delta": 1e-5, "noise_multiplier": 0.9}}
+
+    w.do(AGG, "round.open", {"round": 1})
+    assert rec(1, {}).code == "bad_payload"
+    assert rec(1, {"a": {"epsilon": 0.1, "delta": 1e-5}}).code == "bad_payload"
+    assert rec(1, {"a": {"epsilon": -0.1, "delta": 1e-5, "noise_multiplier": 1.0}}).code == "bad_payload"
+    assert rec(1, {"a": {"epsilon": 0.1, "delta": 1.5, "noise_multiplier": 1.0}}).code == "bad_payload"
+    assert rec(1, h(0.5, 0.6)).code == "recorded"
+    assert w.st.query("rounds/1")["privacy"]["hospitals"]["b"]["epsilon"] == 0.6
+    w.do(AGG, "round.close", {"round": 1})
+    w.do(AGG, "round.open", {"round": 2})
+    assert rec(2, h(0.7, 0.55)).code == "epsilon_decreasing"  # hospital b below its round-1 value
+    assert rec(2, h(1.01, 0.8)).code == "budget_exceeded"
+    assert rec(2, h(0.9, 0.8)).code == "recorded"

@@ -24,6 +24,8 @@ audit's first failure:
 10. ``file:<name>``: ``metrics.csv``, ``summary.json``, ``config.yaml`` and ``final_model.npz``
     hash to the values in ``run.finalize``;
 11. ``privacy_budget``: the accepted epsilon records never decrease and never pass the cap;
+    ``privacy_per_hospital`` (:mod:`~bfdl_tff.integration.audit.privacy_checks`, issue 16.2): each
+    hospital's epsilon/delta/noise on the chain equal ``privacy_rounds.csv`` and ``privacy.json``;
 12. ``openings``: the hospitals' commitment openings (when ``ledger/openings/`` is present) open
     their on-chain commitments;
 13. ``secagg:round_<r>`` (masked secure aggregation, issue 18): every round has exactly one
@@ -51,6 +53,7 @@ from ledger.verify import verify_chain
 from bfdl_tff.errors import BfdlError
 from bfdl_tff.hashing import weights_digest
 from bfdl_tff.integration.audit.context import AuditContext
+from bfdl_tff.integration.audit.privacy_checks import check_privacy_per_hospital
 from bfdl_tff.integration.audit.result import Check
 from bfdl_tff.integration.chain import read_chain
 from bfdl_tff.integration.commitments import commit_update, npz_to_weights
@@ -397,7 +400,8 @@ BASE_CHECKS: tuple[CheckFn, ...] = (check_genesis, check_replica_chains, check_r
 #: Checks of what the verified chain says against itself and against the run's files.
 CHAIN_CHECKS: tuple[CheckFn, ...] = (
     check_signers, check_rounds, check_rounds_agree, check_offchain, check_final_model, check_finalize,
-    check_result_files, check_privacy_budget, check_openings, check_secagg, check_ledger_summary,
+    check_result_files, check_privacy_budget, check_privacy_per_hospital, check_openings, check_secagg,
+    check_ledger_summary,
 )
 
 __all__ = ["BASE_CHECKS", "CHAIN_CHECKS", "CheckFn"] + [f.__name__ for f in BASE_CHECKS + CHAIN_CHECKS]

@@ -8,9 +8,9 @@ sum goes through the run's secure aggregation (``privacy.secure_aggregation``):
 
 * ``masked`` - :class:`MaskedHistogramSum`: the Bonawitz et al. (CCS 2017) protocol of
   :mod:`bfdl_tff.secagg` (:func:`~bfdl_tff.secagg.aggregate.masked_sum`), the same keys as the
-  training rounds (the runner's keyring) but its own protocol session (run id
-  ``<run>/validation``, session 1, 2, ... per evaluation), so no message of a training round can be
-  replayed into it. The integer path is exact: ring ``Z_{2^32}`` with quantisation scale 1 (clip
+  training rounds (the runner's keyring) but its own protocol sessions (run id
+  ``<run>/validation-<random hex>``, fresh per process, sessions 1, 2, ... per evaluation), so no
+  message of a training round or of an earlier process (resume) can be replayed into it. The integer path is exact: ring ``Z_{2^32}`` with quantisation scale 1 (clip
   range ``R = Q = floor((2^31 - 1) / K)``, so a count ``c <= Q`` is encoded as the integer ``c``
   itself and the sum of K counts cannot wrap; a hospital with a count above ``Q`` refuses before
   masking). Hospital side: flatten, encode, mask; server side: the server's state machine receives
@@ -28,6 +28,7 @@ sum goes through the run's secure aggregation (``privacy.secure_aggregation``):
 from __future__ import annotations
 
 import functools
+import secrets
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -90,6 +91,8 @@ class MaskedHistogramSum:
         self.sum_fn = sum_fn
         self.on_server_input = on_server_input  # observer of what enters the server's sum (tests)
         self.sessions = 0
+        self.session_id = f"validation-{secrets.token_hex(4)}"  # fresh per process: a resumed run never
+        # repeats a (run id, session) pair, so no message of an earlier session can be replayed
         self.last: dict[str, Any] = {}  # the newest session's survivors, dropped, aggregate digest
         self.last_round: MaskedRound | None = None  # the newest session's outcome (server inbox: tests)
 
@@ -116,10 +119,11 @@ class MaskedHistogramSum:
         for h in names:
             counts = np.asarray(histograms[h], dtype=np.int64)
             if counts.shape != shape or counts.min(initial=0) < 0 or counts.max(initial=0) > settings.clip:
-                raise ValueError(f"{h}: histogram of shape {counts.shape} with counts outside [0, {int(settings.clip)}]")
+                raise ValueError(f"{h}: histogram of shape {counts.shape} with counts outside "
+                                 f"[0, {int(settings.clip)}]")
             inputs[h] = counts.ravel().astype(np.float64)
         self.sessions += 1
-        out = masked_sum(inputs, keyring=SessionKeyring(self.keyring, "validation"), round_num=self.sessions,
+        out = masked_sum(inputs, keyring=SessionKeyring(self.keyring, self.session_id), round_num=self.sessions,
                          settings=settings, sum_fn=self._server_sum)
         if out.total is None:
             raise RuntimeError(f"validation histogram sum {self.sessions}: secure aggregation aborted: {out.aborted}")
@@ -144,7 +148,8 @@ def tff_secure_sum(parts: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> np
     """``tff.federated_secure_sum_bitwidth`` (bitwidth 32) of the hospitals' histograms; needs
     TFF's ``test`` execution context (the run's context under ``tff_secure_sum``)."""
     arrays = [np.asarray(h, dtype=np.int64) for h in (parts.values() if isinstance(parts, Mapping) else parts)]
-    if sum(int(a.max(initial=0)) for a in arrays) >= 1 << (HIST_BITS - 1) or min(int(a.min(initial=0)) for a in arrays) < 0:
+    bound = sum(int(a.max(initial=0)) for a in arrays)  # the largest possible entry of the sum
+    if bound >= 1 << (HIST_BITS - 1) or min(int(a.min(initial=0)) for a in arrays) < 0:
         raise ValueError(f"histogram counts must be >= 0 and sum below 2^{HIST_BITS - 1}")
     return np.asarray(_tff_secure_sum_computation(tuple(arrays[0].shape), HIST_BITS)(arrays), dtype=np.int64)
 

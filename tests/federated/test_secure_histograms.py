@@ -53,7 +53,8 @@ def test_masked_sum_equals_plain_sum_exactly_and_server_sees_only_masked_vectors
     assert out is not None and out.quantizer["scale"] == 1.0
     inbox = [m for m in out.server_inbox if isinstance(m, MaskedInput)]
     assert len(inbox) == 3 and len(seen) == 3
-    assert all(m.run_id == "t/validation" and m.round == 1 for m in inbox)
+    assert all(m.run_id == f"t/{summer.session_id}" and m.round == 1 for m in inbox)
+    assert summer.session_id.startswith("validation-")
     encoded = [np.asarray(h, np.int64).ravel() % (1 << 32) for h in hists.values()]
     for v in seen + [m.vector for m in inbox]:
         for q in encoded:  # mostly-zero counts vs uniform masked residues: chance agreement n / 2^32
@@ -129,3 +130,15 @@ def test_tiny_masked_bfdl_run_thresholds_equal_plain_sum_thresholds(tmp_path, mo
     assert secure["protocol"] == "masked" and secure["survivors"] == sorted(data.names) and secure["session"] == 1
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["val_histogram_secure_sum"]["aggregate_sha256"] == secure["aggregate_sha256"]
+
+
+def test_histogram_summer_follows_the_secure_aggregation():
+    from bfdl_tff.federated.federated_eval import tff_sum
+    from bfdl_tff.federated.secure_histograms import histogram_summer, tff_secure_sum
+
+    masked = histogram_summer("masked", threshold=2, neighbours=0)
+    assert isinstance(masked, MaskedHistogramSum) and masked.threshold == 2 and masked.keyring is None
+    assert histogram_summer("tff_secure_sum") is tff_secure_sum
+    assert histogram_summer("none") is tff_sum
+    with pytest.raises(ValueError, match="unknown"):
+        histogram_summer("plain")

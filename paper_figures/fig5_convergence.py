@@ -1,8 +1,11 @@
 """Figure 5 of the paper ("Convergence behaviour", sections 3.2-3.3, claims C1 and C4).
 
-Panels: (a) test macro AUC per round for the three arms and (b) training loss per round (mean and
-95 % Student-t band over seeds, ``bfdl_tff.stats.t_quantile``; no band from one seed; a
-centralized "round" is one epoch over the pooled data); (c) B-FDL macro AUC
+Panels: (a) test macro AUC per round for the three arms and (b) test loss per round - the
+server-side BCE of the global model on the central benchmark test split (``metrics.csv``
+``test_loss``), present for every arm. Training loss is not plotted: for the ``bfdl`` arm it is a
+hospital-side statistic, empty in ``metrics.csv`` by design (docs/privacy.md "What the server
+sees"). Mean and 95 % Student-t band over seeds, ``bfdl_tff.stats.t_quantile``; no band from one
+seed; a centralized "round" is one epoch over the pooled data. (c) B-FDL macro AUC
 per round with and without the ledger hook (``runs/ledger_off/``) and (d) round wall time with and
 without the ledger — the paper's "the ledger does not slow convergence" as numbers.
 
@@ -51,7 +54,7 @@ def compute(runs_root: Path) -> tuple[pd.DataFrame, list[Path]]:
     off = R.load_group(runs_root, R.LEDGER_OFF_DIR)
     sources: list[Path] = []
     parts = []
-    for panel, column in (("a", "test_macro_auc"), ("b", "train_loss")):
+    for panel, column in (("a", "test_macro_auc"), ("b", "test_loss")):
         for arm in R.ordered_arms(arms):
             d = _per_round(arms[arm], column, sources)
             d.insert(0, "series", arm)
@@ -107,7 +110,7 @@ def generate(runs_root: Path, out_dir: Path) -> Output:
     off_need = f"{Path(runs_root) / R.LEDGER_OFF_DIR}/*/metrics.csv"
     spec = (
         (axes[0][0], "a", "test macro AUC", "(a) Macro AUC per round", arms_need),
-        (axes[0][1], "b", "training loss", "(b) Training loss per round", arms_need),
+        (axes[0][1], "b", "test loss (server, benchmark test set)", "(b) Test loss per round", arms_need),
         (axes[1][0], "c", "test macro AUC", "(c) B-FDL with / without ledger", off_need),
         (axes[1][1], "d", "round wall time (s)", "(d) Round time with / without ledger", off_need),
     )

@@ -7,7 +7,9 @@ hospitals' pooled raw validation images. Here each hospital scores its own valid
 releases only, per finding, the histogram of the scores of its positives and of its negatives on
 fixed bins (``bins`` equal bins on ``[0, 1]``; :func:`score_histograms`, hospital side). The
 server receives the **sum** of these histograms (:func:`plain_sum` in the simulation, or
-:func:`tff_sum`: ``tff.federated_sum`` over the hospitals when a TFF context is active) and
+:func:`tff_sum`: ``tff.federated_sum`` over the hospitals when a TFF context is active; for the
+``bfdl`` arm a secure sum - masked or TFF's secure sum, :mod:`bfdl_tff.federated.secure_histograms` -
+so the server never handles one hospital's histogram) and
 chooses each threshold from the summed counts alone (:func:`thresholds_from_histograms`): a
 threshold is a bin edge ``e_i`` (predict positive when ``p >= e_i``), so the rule is exact up to the
 bin width ``1 / bins``. The validation AUC follows from the same counts
@@ -29,7 +31,8 @@ from bfdl_tff.federated.evaluation import evaluate_predictions, predict_findings
 from bfdl_tff.federated.results import EvalResult
 
 DEFAULT_BINS = 1000
-Summer = Callable[[Sequence[np.ndarray]], np.ndarray]
+Histograms = Sequence[np.ndarray] | Mapping[str, np.ndarray]
+Summer = Callable[[Mapping[str, np.ndarray]], np.ndarray]  # hospital -> histogram  ->  their sum
 
 
 def score_histograms(y: np.ndarray, p: np.ndarray, *, bins: int = DEFAULT_BINS) -> np.ndarray:
@@ -47,9 +50,13 @@ def score_histograms(y: np.ndarray, p: np.ndarray, *, bins: int = DEFAULT_BINS) 
     return out
 
 
-def plain_sum(parts: Sequence[np.ndarray]) -> np.ndarray:
+def _arrays(parts: Histograms) -> list[np.ndarray]:
+    return [np.asarray(h, dtype=np.int64) for h in (parts.values() if isinstance(parts, Mapping) else parts)]
+
+
+def plain_sum(parts: Histograms) -> np.ndarray:
     """The server's aggregate of the hospitals' histograms in the simulation: their sum only."""
-    return np.sum(np.stack([np.asarray(h, dtype=np.int64) for h in parts]), axis=0)
+    return np.sum(np.stack(_arrays(parts)), axis=0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -63,10 +70,11 @@ def _tff_sum_computation(shape: tuple[int, ...]) -> Any:
     return summed
 
 
-def tff_sum(parts: Sequence[np.ndarray]) -> np.ndarray:
+def tff_sum(parts: Histograms) -> np.ndarray:
     """``tff.federated_sum`` of the hospitals' histograms (CLIENTS -> SERVER); needs an active
-    TFF execution context."""
-    arrays = [np.asarray(h, dtype=np.int64) for h in parts]
+    TFF execution context. Arms without a privacy claim only (the ``bfdl`` arm sums securely:
+    :mod:`bfdl_tff.federated.secure_histograms`)."""
+    arrays = _arrays(parts)
     return np.asarray(_tff_sum_computation(tuple(arrays[0].shape))(arrays), dtype=np.int64)
 
 
@@ -142,7 +150,7 @@ class FederatedValidationEvaluator:
         if self.threshold_rule == "fixed" or not self.val_sets:
             rule = "fixed" if self.threshold_rule == "fixed" else f"fixed (no validation data for {self.threshold_rule})"
             return {f: float(self.fixed) for f in self.findings}, rule
-        total = self.summer(list(self.hospital_histograms().values()))
+        total = self.summer(self.hospital_histograms())
         self.last_val_auc = {f: auc_from_histogram(total[j, 0], total[j, 1]) for j, f in enumerate(self.findings)}
         return thresholds_from_histograms(total, rule=self.threshold_rule, findings=self.findings,
                                           fixed=self.fixed), self.threshold_rule
@@ -153,9 +161,13 @@ class FederatedValidationEvaluator:
         aucs = [a for a in self.last_val_auc.values() if a is not None]
         if not aucs:
             return {}
-        return {"val_macro_auc_federated": float(np.mean(aucs)),
-                "val_per_finding_auc_federated": dict(self.last_val_auc),
-                "val_histogram_bins": self.bins}
+        out: dict[str, Any] = {"val_macro_auc_federated": float(np.mean(aucs)),
+                               "val_per_finding_auc_federated": dict(self.last_val_auc),
+                               "val_histogram_bins": self.bins}
+        secure = getattr(self.summer, "last", None)  # masked secure sum: survivors, aggregate digest
+        if secure:
+            out["val_histogram_secure_sum"] = dict(secure)
+        return out
 
     def predict_test(self, weights: Sequence[np.ndarray]) -> np.ndarray:
         self.model.set_weights(list(weights))

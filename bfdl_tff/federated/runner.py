@@ -173,7 +173,8 @@ class Runner:
         invalidates eager models once TFF traces ``model_fn`` in a graph)."""
         from bfdl_tff.federated import model_bridge
         from bfdl_tff.federated.centralized import CentralizedEngine
-        from bfdl_tff.federated.federated_eval import FederatedValidationEvaluator, plain_sum, tff_sum
+        from bfdl_tff.federated.federated_eval import FederatedValidationEvaluator, plain_sum
+        from bfdl_tff.federated.secure_histograms import histogram_summer
         from bfdl_tff.federated.tff_engine import FederatedEngine
 
         cfg, data = self.cfg, self.data
@@ -183,12 +184,17 @@ class Runner:
         init_weights = [np.asarray(w) for w in init_keras.get_weights()]
         if not _all_finite(init_weights):
             raise TrainingError("the initial model has non-finite weights")
-        # thresholds from the hospitals' summed validation-score histograms (issue 16.4)
+        # thresholds from the hospitals' summed validation-score histograms (issue 16.4); the bfdl
+        # arm sums them securely (masked protocol or TFF's secure sum), like its training updates
+        p = cfg.privacy
+        summer = plain_sum if tff_engine is None else histogram_summer(
+            tff_engine.aggregation, threshold=p.secagg_threshold, neighbours=p.secagg_neighbours,
+            consistency_check=p.secagg_consistency_check)
         val_sets = {n: (v.x, v.y) for n in data.names if (v := data.val.get(n)) is not None and len(v)}
         self.evaluator = FederatedValidationEvaluator(
             bundle.keras(), x_test=data.test.x, y_test=data.test.y, val_sets=val_sets, findings=self.findings,
             threshold_rule=cfg.eval.threshold_rule, fixed_threshold=cfg.eval.fixed_threshold,
-            summer=plain_sum if tff_engine is None else tff_sum,
+            summer=summer,
         )
         self.engine: Engine
         if tff_engine is None:
@@ -265,6 +271,7 @@ class Runner:
         attach = getattr(self.engine, "attach_secagg_keyring", None)
         if attach is None or getattr(self.engine, "aggregation", None) != "masked":
             return
+        from bfdl_tff.federated.secure_histograms import MaskedHistogramSum
         from bfdl_tff.secagg.keyring import EphemeralKeyring
 
         providers = [h for h in self.hooks if isinstance(h, SecAggKeyringProvider)]
@@ -274,6 +281,8 @@ class Runner:
             self.data.names, run_id=f"{self.cfg.name}-{secrets.token_hex(4)}",
             noise_seed=noise.keyring_noise_seed(self.cfg))
         attach(keyring)
+        if isinstance(self.evaluator.summer, MaskedHistogramSum):  # the validation histograms: same keys
+            self.evaluator.summer.keyring = keyring
         log.info("masked secure aggregation; keys: %s", keyring.describe())
 
     # ---- one round ----------------------------------------------------------------------

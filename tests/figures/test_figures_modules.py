@@ -137,6 +137,15 @@ def test_fig5_and_ledger_and_budget(runs, generated):
     a = df[(df.panel == "a") & (df.series == "centralized") & (df["round"] == 5)].iloc[0]
     vals = [pd.read_csv(runs / "arms" / f"centralized-s{s}" / "metrics.csv")["test_macro_auc"].iloc[-1] for s in range(3)]
     assert a["mean"] == pytest.approx(statistics.mean(vals), rel=1e-5) and a["n"] == 3
+    # (b) the server-side test loss, for every arm: the bfdl arm's train_loss is empty by design
+    b = df[df.panel == "b"]
+    assert set(b.metric) == {"test_loss"} and set(b.series) == {"centralized", "federated", "bfdl"}
+    assert pd.read_csv(runs / "arms" / "bfdl-s0" / "metrics.csv")["train_loss"].isna().all()
+    for arm in ("bfdl", "federated"):
+        row = b[(b.series == arm) & (b["round"] == 3)].iloc[0]
+        vals = [pd.read_csv(runs / "arms" / f"{arm}-s{s}" / "metrics.csv")["test_loss"].iloc[2] for s in range(3)]
+        assert row["mean"] == pytest.approx(statistics.mean(vals), rel=1e-5) and row["n"] == 3
+        assert row["ci_low"] < row["mean"] < row["ci_high"]
     lt = pd.read_csv(out / "ledger_tables.csv").set_index("quantity")
     assert lt.loc["tx_per_s", "mean"] == pytest.approx(850.0)
     assert lt.loc["tx_per_round", "mean"] == pytest.approx(11.0)  # 2K + 5 with K = 3

@@ -88,6 +88,9 @@ def test_bfdl_run_keeps_hospital_statistics_hospital_side(tmp_path):
     # issue 16.4: validation AUC from the summed histograms (thresholds chosen from the same sums)
     assert 0.0 <= summary["val_macro_auc_federated"] <= 1.0 and summary["val_histogram_bins"] == 1000
     assert summary["threshold_rule"] == "youden_val"
+    # ... summed through the masked protocol with the ledger's keys (secure_histograms.MaskedHistogramSum)
+    assert summary["val_histogram_secure_sum"]["protocol"] == "masked"
+    assert summary["val_histogram_secure_sum"]["survivors"] == sorted(n_k)
     assert all(abs(v * 1000 - round(v * 1000)) < 1e-9 for v in summary["thresholds"].values())  # bin edges
     assert not [k for k, _ in walk(summary) if k in PRIVATE]
     files = server_side_files(rd.path)

@@ -42,6 +42,14 @@ def stage_data(ctx: Context) -> list[Path]:
     only read them), or check that ``--data-root`` is an NIH ChestX-ray14 root."""
     root = ctx.data_dir()
     out = ctx.runs / "data" / "data.json"
+    if ctx.base.data.source in ("medmnist", "chestmnist"):  # issue 15: the .npz is read (exported once) at run time
+        from bfdl_tff.data.prepare import resolve_path
+
+        npz = resolve_path(ctx.config("bfdl", 0, name="data").data.npz)
+        if not npz.is_file():
+            raise BfdlError(f"{npz}: no such MedMNIST .npz (profile {ctx.profile.name}; --data-root FILE.npz)")
+        atomic_write_json(out, {"npz": str(npz.resolve()), "synthetic": False})
+        return [out]
     if ctx.base.data.source != "synthetic":
         if not (root / "Data_Entry_2017.csv").is_file() or not (root / "images").is_dir():
             raise BfdlError(f"{root}: not an NIH ChestX-ray14 root (needs Data_Entry_2017.csv and images/)")

@@ -35,6 +35,11 @@ STAGE_VARIES: dict[str, dict[str, Any]] = {
     "client_dp": {"privacy": {"mode": "client"}},  # client-level DP at the same epsilon (CLAIMS note 2)
 }
 
+#: The stage names a profile's ``stages`` may list (``stages.STAGE_NAMES``, in order; kept here so
+#: profiles do not import the stages module, which imports this one; a test checks they agree).
+KNOWN_STAGES: tuple[str, ...] = ("data", "arms", "ledger_off", "client_dp", "attacks", "ledger_bench", "scalability",
+                                 "audit", "privacy_budget", "figures", "report")
+
 
 @dataclass
 class SeedsStage:
@@ -103,13 +108,11 @@ class Profile:
     source: str = ""
 
     def check(self) -> list[tuple[str, str]]:
-        from bfdl_tff.reproduce.stages import STAGE_NAMES
-
         problems = [(k, "required (a non-empty string)") for k in ("description", "expected_runtime", "experiment")
                     if not getattr(self, k).strip()]
-        bad = [s for s in self.stages if s not in STAGE_NAMES]
+        bad = [s for s in self.stages if s not in KNOWN_STAGES]
         if bad:
-            problems.append(("stages", f"unknown stage(s) {bad} (known: {', '.join(STAGE_NAMES)})"))
+            problems.append(("stages", f"unknown stage(s) {bad} (known: {', '.join(KNOWN_STAGES)})"))
         return problems
 
     def experiment_file(self) -> Path:
@@ -178,5 +181,5 @@ def load_profile(name_or_path: str | Path) -> Profile:
     return prof
 
 
-__all__ = ["PROFILE_DIR", "STAGE_VARIES", "AttacksStage", "LedgerBenchStage", "PrivacyBudgetStage", "Profile",
+__all__ = ["KNOWN_STAGES", "PROFILE_DIR", "STAGE_VARIES", "AttacksStage", "LedgerBenchStage", "PrivacyBudgetStage", "Profile",
            "ScalabilityStage", "SeedsStage", "load_profile", "merge", "profile_names"]

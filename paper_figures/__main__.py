@@ -35,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             a.add_argument("--no-figures", action="store_true", help="do not regenerate the figures first")
     rd = sub.add_parser("real-data", help="the 'Real data' section (issue 15): arms on real X-rays beside MedMNIST's table")
-    rd.add_argument("--set", action="append", default=[], required=True, metavar="LABEL=RUNS_DIR",
+    rd.add_argument("--set", action="append", default=[], metavar="LABEL=RUNS_DIR",
                     help="one real-data experiment: its label and runs directory (repeatable)")
+    rd.add_argument("--runs", default="", help="with --label: one experiment's runs root (the reproduction's form)")
+    rd.add_argument("--label", default="", help="with --runs: that experiment's label")
     rd.add_argument("--out", default="results", help="output directory (default: results)")
     return p
 
@@ -83,7 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.action == "real-data":
         try:
-            return real_data(args.set, Path(args.out))
+            specs = list(args.set) + ([f"{args.label}={args.runs}"] if args.label or args.runs else [])
+            if not specs:
+                raise RunDirError("real-data: give --set LABEL=RUNS_DIR or --label LABEL --runs RUNS_DIR")
+            return real_data(specs, Path(args.out))
         except BfdlError as e:
             print(f"paper_figures: error: {e}", file=sys.stderr)
             return e.exit_code

@@ -38,7 +38,7 @@ STAGE_VARIES: dict[str, dict[str, Any]] = {
 #: The stage names a profile's ``stages`` may list (``stages.STAGE_NAMES``, in order; kept here so
 #: profiles do not import the stages module, which imports this one; a test checks they agree).
 KNOWN_STAGES: tuple[str, ...] = ("data", "arms", "ledger_off", "client_dp", "attacks", "ledger_bench", "scalability",
-                                 "audit", "privacy_budget", "figures", "report")
+                                 "audit", "privacy_budget", "figures", "report", "real_data")
 
 
 @dataclass

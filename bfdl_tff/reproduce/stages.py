@@ -214,6 +214,16 @@ def stage_report(ctx: Context) -> list[Path]:
     return [ctx.out / "REPORT.md", ctx.out / "expected_results.md"]
 
 
+def stage_real_data(ctx: Context) -> list[Path]:
+    """The "Real data" section (issue 15) of a profile on real images (``label`` set): its arms
+    with CIs over seeds, beside MedMNIST's published table for PneumoniaMNIST. Nothing otherwise."""
+    if not ctx.profile.label:
+        ctx.log(f"profile {ctx.profile.name} has no label (synthetic data): no real-data section")
+        return []
+    _paper_figures(ctx, "real-data", ["--label", ctx.profile.label])
+    return [ctx.out / "real_data.md", ctx.out / "real_data.json"]
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -234,6 +244,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("privacy_budget", stage_privacy_budget, "noise for the target epsilon"),
     Stage("figures", stage_figures, "figures and tables", always=True),
     Stage("report", stage_report, "results/REPORT.md", always=True),
+    Stage("real_data", stage_real_data, "the 'Real data' section (profiles on real images)", always=True),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

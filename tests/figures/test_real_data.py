@@ -52,6 +52,14 @@ def test_real_data_section_puts_ours_beside_the_published_rows(tmp_path, capsys)
     assert "Yang" in md and rec["published"]["rows"][0]["method"] == "ResNet-18 (28)"
 
 
+def test_reproduction_form_label_and_runs(tmp_path):
+    runs = _runs(tmp_path / "pm", {"federated": [0.9, 0.92, 0.94]})
+    out = tmp_path / "out"
+    assert main(["real-data", "--runs", str(runs), "--out", str(out), "--label", "PneumoniaMNIST (real)"]) == 0
+    assert "### PneumoniaMNIST (real)" in (out / "real_data.md").read_text()
+    assert main(["real-data", "--out", str(out)]) == 2
+
+
 def test_multilabel_set_has_no_published_rows(tmp_path):
     nih = {"kind": "multilabel", "labels": ["Atelectasis", "Hernia"]}
     runs = _runs(tmp_path / "nih", {"federated": [0.6, 0.62]}, task=nih)

@@ -42,7 +42,7 @@ def test_pneumoniamnist_profile_maps_an_npz_root_to_data_npz():
     assert cfg.data.source == "medmnist" and cfg.data.image_size == 28 and cfg.data.hospitals == 3
     assert cfg.data.scheme == "dirichlet" and cfg.data.alpha == 0.5
     assert cfg.model.overrides.get("input_size") == 28
-    assert p.stages == ["data", "arms"] and p.arms.seeds == [0, 1, 2]
+    assert p.stages == ["data", "arms", "real_data"] and p.arms.seeds == [0, 1, 2]
     run = p.run_config("bfdl", 0, name="bfdl-s0", data_root=Path("/elsewhere/pm.npz"))
     assert run.data.npz == "/elsewhere/pm.npz" and run.data.root == cfg.data.root  # export dir unchanged
     run = p.run_config("bfdl", 0, name="bfdl-s0", data_root=Path("/export"))

@@ -27,8 +27,8 @@ def _shared(rel: str) -> Path:
     return p
 
 
-def _cfg(data: dict, **model_overrides) -> ExperimentConfig:
-    d = {"name": "e2e", "arm": "federated", "seed": 0, "data": data,
+def _cfg(data: dict, arm: str = "federated", **model_overrides) -> ExperimentConfig:
+    d = {"name": "e2e", "arm": arm, "seed": 0, "data": data,
          "model": {"config": "cnn32", "overrides": model_overrides},
          "federated": {"rounds": 1, "batch_size": 32}, "ledger": {"enabled": False}}
     return from_dict(ExperimentConfig, d, source="<test>")
@@ -39,7 +39,8 @@ def _header(run: Path) -> list[str]:
         return next(csv.reader(fh))
 
 
-def test_one_round_on_a_pneumoniamnist_subset(tmp_path):
+@pytest.mark.parametrize("arm", ["federated", "centralized"])
+def test_one_round_on_a_pneumoniamnist_subset(tmp_path, arm):
     from bfdl_tff.federated.runner import run_experiment
 
     src = np.load(_shared("pneumoniamnist/pneumoniamnist.npz"))
@@ -51,7 +52,7 @@ def test_one_round_on_a_pneumoniamnist_subset(tmp_path):
     npz = tmp_path / "pneumoniamnist.npz"
     np.savez(npz, **sub)
     cfg = _cfg({"source": "medmnist", "npz": str(npz), "root": str(tmp_path / "export"), "image_size": 28,
-                "hospitals": 3, "scheme": "dirichlet", "alpha": 0.5}, input_size=28)
+                "hospitals": 3, "scheme": "dirichlet", "alpha": 0.5}, arm, input_size=28)
     run = tmp_path / "run"
     s = run_experiment(cfg, run, progress=False)
     assert s["task"] == {"kind": "binary", "labels": ["pneumonia"]}

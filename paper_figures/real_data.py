@@ -72,6 +72,7 @@ def arm_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "test_macro_auc": mean_ci([r.get("final_macro_auc") for r in runs]),
             "accuracy_at_0.5": mean_ci([r.get("accuracy_at_0.5") for r in runs]),
             "accuracy_at_val_threshold": mean_ci([r.get("per_label_accuracy") for r in runs]),
+            "all_negative_accuracy": first.get("all_negative_accuracy"),
             "epsilon": first.get("epsilon"),
             "task": first.get("task"),
             "n_test": first.get("num_test_examples"),
@@ -91,6 +92,10 @@ def _ci(d: dict[str, Any]) -> str:
     return f"{d['mean']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}]"
 
 
+def _num(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
+
+
 def _positives(p: dict[str, int] | None) -> str:
     if not p:
         return "-"
@@ -107,11 +112,11 @@ def set_markdown(label: str, rows: list[dict[str, Any]], published: dict[str, An
              f"Test split: {r0['n_test']} images; positives: {_positives(r0['test_positives'])}; "
              f"training images (all hospitals): {r0['n_train']}. Mean and 95 % CI over seeds (Student t).", ""]
     head = "| arm | seeds | test macro AUC | "
-    head += "ACC at 0.5 | ACC at val threshold | " if binary else "per-label ACC at val threshold | "
+    head += "ACC at 0.5 | ACC at val threshold | " if binary else "per-label ACC at val threshold | all-negative ACC | "
     lines += [head + "epsilon | wall s / run |", "|" + "---|" * (head.count("|") + 1)]
     for r in rows:
         accs = (f"{_ci(r['accuracy_at_0.5'])} | {_ci(r['accuracy_at_val_threshold'])} | " if binary
-                else f"{_ci(r['accuracy_at_val_threshold'])} | ")
+                else f"{_ci(r['accuracy_at_val_threshold'])} | {_num(r.get('all_negative_accuracy'))} | ")
         eps = f"{r['epsilon']:.2f}" if isinstance(r.get("epsilon"), (int, float)) else "-"
         lines.append(f"| {r['arm']} | {','.join(str(s) for s in r['seeds'])} | {_ci(r['test_macro_auc'])} | "
                      f"{accs}{eps} | {r['wall_s_mean']:.1f} |")

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 from bfdl_tff.config import ARMS
 from bfdl_tff.errors import BfdlError
-from bfdl_tff.io_utils import atomic_write_json
+from bfdl_tff.io_utils import atomic_write_json, atomic_write_text
 from bfdl_tff.reproduce.budget import privacy_budget_settings
 from bfdl_tff.reproduce.context import Context, Failures, run_all
 from bfdl_tff.reproduce.profiles import STAGE_VARIES
@@ -221,7 +221,14 @@ def stage_real_data(ctx: Context) -> list[Path]:
         ctx.log(f"profile {ctx.profile.name} has no label (synthetic data): no real-data section")
         return []
     _paper_figures(ctx, "real-data", ["--label", ctx.profile.label])
-    return [ctx.out / "real_data.md", ctx.out / "real_data.json"]
+    outs = [ctx.out / "real_data.md", ctx.out / "real_data.json"]
+    report = ctx.out / "REPORT.md"
+    if report.is_file():  # the profile's REPORT.md gets (or has replaced) its "Real data" section
+        text = report.read_text(encoding="utf-8")
+        head = text.split("\n## Real data\n", 1)[0].rstrip("\n")
+        atomic_write_text(report, head + "\n\n" + outs[0].read_text(encoding="utf-8"))
+        outs.append(report)
+    return outs
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ def _runs(root: Path, aucs: dict[str, list[float]], *, task=BINARY) -> Path:
                 "arm": arm, "seed": seed, "final_macro_auc": auc, "accuracy_at_0.5": auc - 0.1,
                 "per_label_accuracy": auc - 0.05, "task": task, "num_test_examples": 624,
                 "num_positives_test": {"pneumonia": 390}, "num_examples": {"a": 100, "b": 50}, "wall_s": 10.0 + seed,
+                "all_negative_accuracy": 0.9,
                 "epsilon": 1.0 if arm == "bfdl" else None}))
     return root
 
@@ -67,6 +68,7 @@ def test_multilabel_set_has_no_published_rows(tmp_path):
     assert main(["real-data", "--set", f"real NIH images, 621-image sample={runs}", "--out", str(out)]) == 0
     md = (out / "real_data.md").read_text()
     assert "### real NIH images, 621-image sample" in md and "Published" not in md and "ACC at 0.5" not in md
+    assert "| federated | 0,1 | 0.610 [" in md and "| 0.900 |" in md  # all-negative baseline beside per-label ACC
 
 
 def test_bad_input_is_one_line_and_nothing_written(tmp_path, capsys):

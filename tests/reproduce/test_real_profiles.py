@@ -88,3 +88,29 @@ def test_default_profile_still_runs_every_stage():
     assert load_profile("default").stages == []
     assert [s.name for s in O._select(_args("default"))] == list(STAGE_NAMES)
     assert set(ARMS) == {"centralized", "federated", "bfdl"}
+
+
+def test_real_data_stage_appends_its_section_to_the_report_once(tmp_path):
+    import json
+
+    from bfdl_tff.reproduce import stages as S
+    from bfdl_tff.reproduce.context import Context
+
+    prof = load_profile("nih-sample")
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    for arm in ARMS:
+        d = runs / "arms" / f"{arm}-s0"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"arm": arm, "seed": 0, "final_macro_auc": 0.55, "per_label_accuracy": 0.6,
+                                                    "all_negative_accuracy": 0.9, "num_test_examples": 185,
+                                                    "task": {"kind": "multilabel", "labels": ["A", "B"]}}))
+    out.mkdir()
+    (out / "REPORT.md").write_text("# report\n\nbody\n")
+    ctx = Context(profile=prof, runs=runs, out=out, data_root=tmp_path, force=False)
+    for _ in range(2):
+        S.stage_real_data(ctx)
+    text = (out / "REPORT.md").read_text()
+    assert text.startswith("# report\n\nbody\n\n## Real data") and text.count("## Real data") == 1
+    assert "### real NIH images, 621-image sample" in text
+    assert S.stage_real_data(Context(profile=load_profile("default"), runs=runs, out=tmp_path / "o2",
+                                     data_root=None, force=False)) == []

@@ -1,7 +1,7 @@
 """End to end on real chest X-rays (issue 15.5): one federated round on a few hundred
 PneumoniaMNIST images (binary head: one sigmoid output, metrics.csv's AUC column is the task's
 label, accuracy at 0.5 in summary.json) and on the 621-image NIH sample (14 findings). Skipped with
-the reason when ``../shared`` is absent; slow (TFF start-up), run with ``-m slow``."""
+the reason when ``../shared`` is absent."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from bfdl_tff.config import REPO_ROOT, ExperimentConfig, from_dict
 from bfdl_tff.data.labels import FINDINGS
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.tff  # about 7 s per test (TFF start-up); in the default suite so CI runs them
 
 
 def _shared(rel: str) -> Path:

@@ -96,17 +96,19 @@ def _refuse_run_files(run: RunDir, out: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def run_model_config(run: RunDir, num_outputs: int) -> Any:
-    """The run's model config (registry name + overrides from ``config.yaml``). Its head has one
-    output per label of the run's task: when the config leaves ``num_findings`` at a different
-    value, the task's width is used (runs on non-NIH tasks build their head from the task)."""
+def run_model_config(run: RunDir, num_outputs: int, kind: str = "multilabel") -> Any:
+    """The run's model config (registry name + overrides from ``config.yaml``) with its head
+    derived from the run's task as the runner derived it (``registry.for_task``: one output per
+    label, softmax for a multiclass task), unless the overrides fixed it."""
+    from bfdl_tff.errors import ConfigError
     from bfdl_tff.models import registry
 
     overrides = dict(run.config.model.overrides)
     mcfg = registry.load_model_config(run.config.model.config, **overrides)
-    if mcfg.num_findings != num_outputs and "num_findings" not in overrides:
-        mcfg = registry.load_model_config(run.config.model.config, **{**overrides, "num_findings": num_outputs})
-    return mcfg
+    try:
+        return registry.for_task(mcfg, kind=kind, num_outputs=num_outputs, fixed=overrides, source=str(run.config_file))
+    except ConfigError as e:
+        raise RunDirError(str(e)) from None
 
 
 def load_released_model(run: RunDir, mcfg: Any, weights: list[np.ndarray]) -> Any:
@@ -208,7 +210,7 @@ def evaluate_external(run_dir: str | Path, *, data_root: str | Path, manifest: s
     _refuse_run_files(run, out_path)
     weights = run.load_model()
     task = Task.from_record(run.task(), source=f"{run.data_file}: task")
-    mcfg = run_model_config(run, task.num_outputs)
+    mcfg = run_model_config(run, task.num_outputs, task.kind)
     ext = load_external(data_root, image_size=mcfg.input_size, manifest=manifest, task=task)
     model = load_released_model(run, mcfg, weights)
     scores = predict(model, ext.images.x, channels=mcfg.channels, batch_size=batch_size)

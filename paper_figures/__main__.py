@@ -1,4 +1,5 @@
-"""``python -m paper_figures figures|report --runs R --out O``: the paper's figures, tables and
+"""``python -m paper_figures figures|report --runs R --out O`` (and ``real-data --set LABEL=RUNS --out O``,
+issue 15: :mod:`paper_figures.real_data`): the paper's figures, tables and
 ``REPORT.md`` from result files only (what ``bfdl figures`` / ``bfdl report`` and the reproduction
 run as a subprocess; ``bfdl_tff`` never imports this package).
 
@@ -33,7 +34,21 @@ def build_parser() -> argparse.ArgumentParser:
                            help="only this figure/table (repeatable): " + ", ".join(paper_figures.MODULES))
         else:
             a.add_argument("--no-figures", action="store_true", help="do not regenerate the figures first")
+    rd = sub.add_parser("real-data", help="the 'Real data' section (issue 15): arms on real X-rays beside MedMNIST's table")
+    rd.add_argument("--set", action="append", default=[], metavar="LABEL=RUNS_DIR",
+                    help="one real-data experiment: its label and runs directory (repeatable)")
+    rd.add_argument("--runs", default="", help="with --label: one experiment's runs root (the reproduction's form)")
+    rd.add_argument("--label", default="", help="with --runs: that experiment's label")
+    rd.add_argument("--out", default="results", help="output directory (default: results)")
     return p
+
+
+def real_data(specs: Sequence[str], out: Path) -> int:
+    from paper_figures.real_data import build_real_data, parse_set
+
+    path = build_real_data([parse_set(s) for s in specs], out)
+    print(f"real-data: wrote {path} and {path.with_suffix('.json')}")
+    return 0
 
 
 def figures(runs: Path, out: Path, only: Sequence[str] = ()) -> int:
@@ -68,6 +83,15 @@ def report(runs: Path, out: Path, *, with_figures: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.action == "real-data":
+        try:
+            specs = list(args.set) + ([f"{args.label}={args.runs}"] if args.label or args.runs else [])
+            if not specs:
+                raise RunDirError("real-data: give --set LABEL=RUNS_DIR or --label LABEL --runs RUNS_DIR")
+            return real_data(specs, Path(args.out))
+        except BfdlError as e:
+            print(f"paper_figures: error: {e}", file=sys.stderr)
+            return e.exit_code
     runs, out = Path(args.runs), Path(args.out)
     try:
         if not runs.is_dir():

@@ -44,6 +44,7 @@ class CentralizedEngine:
             x=np.concatenate([s.x for s in sets]),
             y=np.concatenate([s.y for s in sets]),
             mask=np.concatenate(masks) if all(m is not None for m in masks) else None,
+            task=data.resolved_task(),  # issue 15: the pooled images keep the federation's task
         )
         self.model = bundle.keras()
         self.model.set_weights(init_keras.get_weights())

@@ -12,6 +12,10 @@ are averaged over 14 findings or which threshold turns probabilities into decisi
   (maximises TPR - FPR), ``f1_val`` (maximises F1) or ``fixed`` (``eval.fixed_threshold``);
   a finding without both classes in validation falls back to the fixed threshold;
 * precision / recall / F1, macro (mean over evaluable findings) and micro (pooled counts);
+* task (issue 15.1): a binary task is one label (AUC, accuracy at the validation-chosen threshold
+  and at 0.5, as MedMNIST reports); a multiclass task (softmax scores) is scored one-vs-rest per
+  class (macro AUC over classes), with top-1 accuracy beside the majority-class baseline and
+  categorical cross-entropy as test loss;
 * per-label accuracy and, beside it, the accuracy of the **all-negative baseline** (predict no
   finding at all), which is already about 0.95 on ChestX-ray14 because findings are rare: per-label
   accuracy alone says little.
@@ -60,6 +64,20 @@ def binary_cross_entropy(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
+def categorical_cross_entropy(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p.astype(np.float64), 1e-7, 1.0)
+    return float(-np.mean(np.sum(y * np.log(p), axis=1)))
+
+
+def _task_accuracy(y: np.ndarray, p: np.ndarray, kind: str) -> dict[str, Any]:
+    """Accuracy at 0.5 per label (mean) and, for a multiclass task, top-1 and majority-class."""
+    out: dict[str, Any] = {"task_kind": kind, "accuracy_at_half": float(((p >= 0.5) == (y > 0.5)).mean()) if len(y) else None}
+    if kind == "multiclass" and len(y):
+        out["top1_accuracy"] = float((p.argmax(axis=1) == y.argmax(axis=1)).mean())
+        out["majority_class_accuracy"] = float(y.sum(axis=0).max() / len(y))
+    return out
+
+
 def evaluate_predictions(
     y_test: np.ndarray,
     p_test: np.ndarray,
@@ -67,6 +85,7 @@ def evaluate_predictions(
     findings: Sequence[str],
     thresholds: dict[str, float],
     threshold_rule: str,
+    kind: str = "multilabel",
 ) -> EvalResult:
     """All metrics of one evaluation from test labels and predicted probabilities."""
     y_test = np.asarray(y_test, dtype=np.float32)
@@ -108,7 +127,7 @@ def evaluate_predictions(
         micro_auc=micro,
         per_finding_auc=per_auc,
         skipped_findings=skipped,
-        loss=binary_cross_entropy(y_test, p_test),
+        loss=categorical_cross_entropy(y_test, p_test) if kind == "multiclass" else binary_cross_entropy(y_test, p_test),
         thresholds={f: float(t) for f, t in zip(findings, thr)},
         threshold_rule=threshold_rule,
         precision_macro=float(prec[ev].mean()),
@@ -121,6 +140,7 @@ def evaluate_predictions(
         per_finding_accuracy={f: float(a) for f, a in zip(findings, acc_per)},
         all_negative_accuracy=float((y_test == 0).mean()),
         num_examples=int(len(y_test)),
+        **_task_accuracy(y_test, p_test, kind),
     )
 
 
@@ -143,6 +163,7 @@ def evaluate_model(
     threshold_rule: str,
     fixed_threshold: float = 0.5,
     batch_size: int = 256,
+    kind: str = "multilabel",
 ) -> EvalResult:
     """Predict on validation (thresholds) and test, and compute every metric."""
     if x_val is not None and len(x_val) and threshold_rule != "fixed":
@@ -153,7 +174,7 @@ def evaluate_model(
         thresholds = {f: float(fixed_threshold) for f in findings}
         rule = "fixed" if threshold_rule == "fixed" else f"fixed (no validation data for {threshold_rule})"
     p_test = predict_findings(keras_model, x_test, batch_size=batch_size)
-    return evaluate_predictions(y_test, p_test, findings=findings, thresholds=thresholds, threshold_rule=rule)
+    return evaluate_predictions(y_test, p_test, findings=findings, thresholds=thresholds, threshold_rule=rule, kind=kind)
 
 
 @runtime_checkable
@@ -180,6 +201,7 @@ class TestSplitEvaluator:
         findings: Sequence[str],
         threshold_rule: str,
         fixed_threshold: float = 0.5,
+        kind: str = "multilabel",
     ) -> None:
         self.model = keras_model
         self.x_test, self.y_test = x_test, y_test
@@ -187,6 +209,7 @@ class TestSplitEvaluator:
         self.x_val, self.y_val = (x_val, y_val) if has_val else (None, None)
         self.findings = list(findings)
         self.threshold_rule, self.fixed_threshold = threshold_rule, fixed_threshold
+        self.kind = kind
 
     def predict_test(self, weights: Sequence[np.ndarray]) -> np.ndarray:
         """The model's test-split scores ``[N, L]`` (saved with the released model)."""
@@ -204,7 +227,8 @@ class TestSplitEvaluator:
             findings=self.findings,
             threshold_rule=self.threshold_rule,
             fixed_threshold=self.fixed_threshold,
+            kind=self.kind,
         )
 
 
-__all__ = ["EvalResult", "Evaluator", "TestSplitEvaluator", "binary_cross_entropy", "choose_thresholds", "evaluate_model", "evaluate_predictions", "predict_findings"]
+__all__ = ["EvalResult", "Evaluator", "TestSplitEvaluator", "binary_cross_entropy", "categorical_cross_entropy", "choose_thresholds", "evaluate_model", "evaluate_predictions", "predict_findings"]

@@ -132,8 +132,9 @@ class FederatedValidationEvaluator:
     def __init__(self, keras_model: Any, *, x_test: np.ndarray, y_test: np.ndarray,
                  val_sets: Mapping[str, tuple[np.ndarray, np.ndarray]], findings: Sequence[str],
                  threshold_rule: str, fixed_threshold: float = 0.5, bins: int = DEFAULT_BINS,
-                 summer: Summer = plain_sum) -> None:
+                 summer: Summer = plain_sum, kind: str = "multilabel") -> None:
         self.model = keras_model
+        self.kind = kind  # the task (bfdl_tff.data.tasks.Task.kind): which metrics evaluate_predictions adds
         self.x_test, self.y_test = x_test, y_test
         self.val_sets = {n: v for n, v in val_sets.items() if v is not None and len(v[0])}
         self.findings, self.threshold_rule, self.fixed = list(findings), threshold_rule, fixed_threshold
@@ -178,7 +179,7 @@ class FederatedValidationEvaluator:
         thresholds, rule = self.thresholds()
         p_test = predict_findings(self.model, self.x_test)
         return evaluate_predictions(self.y_test, p_test, findings=self.findings, thresholds=thresholds,
-                                    threshold_rule=rule)
+                                    threshold_rule=rule, kind=self.kind)
 
 
 __all__ = ["DEFAULT_BINS", "FederatedValidationEvaluator", "auc_from_histogram", "plain_sum", "score_histograms",

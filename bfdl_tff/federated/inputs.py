@@ -29,6 +29,17 @@ class FederationData:
     test: Any
     root: Path | None = None
     synthetic: bool = False
+    task: Any = None  # bfdl_tff.data.tasks.Task (issue 15); None = NIH's 14 findings (in-memory data)
+
+    def resolved_task(self) -> Any:
+        """The federation's task: ``task``, else the first hospital's ImageSet's, else
+        :data:`bfdl_tff.data.tasks.NIH_TASK`."""
+        from bfdl_tff.data.tasks import NIH_TASK
+
+        if self.task is not None:
+            return self.task
+        first = self.train.get(self.names[0]) if self.names else None
+        return getattr(first, "task", None) or NIH_TASK
 
 
 def load_data(cfg: ExperimentConfig, run_dir: RunDir, *, with_masks: bool) -> FederationData:
@@ -49,6 +60,7 @@ def load_data(cfg: ExperimentConfig, run_dir: RunDir, *, with_masks: bool) -> Fe
         test=fed.test,
         root=Path(prepared.root),
         synthetic=bool(prepared.synthetic),
+        task=fed.task,
     )
 
 
@@ -90,8 +102,13 @@ def validate_setup(cfg: ExperimentConfig, data: FederationData, model_cfg: Any, 
             )
     if tuple(data.test.x.shape[1:]) != tuple(x0.shape[1:]):
         raise ConfigError(source, "data.image_size", "test images differ in size from training images")
+    task = data.resolved_task()
     if data.train[data.names[0]].y.shape[1] != model_cfg.num_findings:
-        raise ConfigError(source, "model", f"model has {model_cfg.num_findings} outputs, labels have {data.train[data.names[0]].y.shape[1]}")
+        raise ConfigError(source, "model", f"model has {model_cfg.num_findings} outputs, labels have {data.train[data.names[0]].y.shape[1]}"
+                          f" (the data's task: {task.describe()})")
+    want_head = "softmax" if task.kind == "multiclass" else "sigmoid"
+    if getattr(model_cfg, "head", "sigmoid") != want_head:
+        raise ConfigError(source, "model", f"model head {model_cfg.head} does not fit the data's {task.describe()} task (needs {want_head})")
     if cfg.federated.clients_per_round > len(data.names):
         raise ConfigError(source, "federated.clients_per_round", f"{cfg.federated.clients_per_round} > {len(data.names)} hospitals")
 

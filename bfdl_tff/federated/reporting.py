@@ -1,8 +1,8 @@
 """What a run reports: ``metrics.csv`` rows, ``summary.json`` and the privacy record of a round
 (paper 3.2/3.3: AUC, accuracy, precision, recall, F1, communication; 3.5: epsilon).
 
-``metrics.csv`` has one row per round, columns :data:`BASE_COLUMNS`, ``auc_<finding>`` for the
-14 findings, then :data:`EXTRA_COLUMNS`; empty cells for values that do not apply (e.g.
+``metrics.csv`` has one row per round, columns :data:`BASE_COLUMNS`, ``auc_<label>`` for each
+label of the data's task (NIH: the 14 findings; a binary task: its one label), then :data:`EXTRA_COLUMNS`; empty cells for values that do not apply (e.g.
 ``epsilon`` without DP, test metrics in rounds without evaluation). :class:`MetricsLog` keeps the
 rows, rewrites ``metrics.csv`` atomically after every round and mirrors the rows into TensorBoard
 event files (:mod:`bfdl_tff.federated.tensorboard`).
@@ -176,6 +176,12 @@ def build_summary(
                               "precision_micro", "recall_micro", "f1_micro", "per_label_accuracy",
                               "per_finding_accuracy", "all_negative_accuracy")},
         "test_loss": ev["loss"],
+        # issue 15.1: the task, accuracy at 0.5 (MedMNIST's binary ACC), multiclass top-1
+        "task": data.resolved_task().to_record(),
+        "accuracy_at_0.5": ev.get("accuracy_at_half"),
+        "top1_accuracy": ev.get("top1_accuracy"),
+        "majority_class_accuracy": ev.get("majority_class_accuracy"),
+        "num_positives_test": {lab: int(v) for lab, v in zip(data.resolved_task().labels, np.asarray(data.test.y).sum(axis=0))},
         "privacy_mode": sched.mode,
         "epsilon": sched.epsilon_after(len(rows)) if dp and rows else None,
         "delta": sched.delta if dp else None,

@@ -56,6 +56,12 @@ class EvalResult:
     per_finding_accuracy: dict[str, float]
     all_negative_accuracy: float
     num_examples: int
+    # issue 15.1: the task's kind; per-label accuracy at the fixed threshold 0.5 (what MedMNIST
+    # reports for binary tasks); multiclass: top-1 accuracy (argmax) and the majority-class baseline.
+    task_kind: str = "multilabel"
+    accuracy_at_half: float | None = None
+    top1_accuracy: float | None = None
+    majority_class_accuracy: float | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

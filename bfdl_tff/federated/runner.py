@@ -118,11 +118,10 @@ class Runner:
         resume: bool = False,
         progress: bool = True,
     ) -> None:
-        from bfdl_tff.data.labels import FINDINGS
-
         self.cfg, self.rd, self.data, self.model_cfg, self.sched = cfg, run_dir, data, model_cfg, sched
         self.hooks, self.resume, self.progress = list(hooks), resume, progress
-        self.findings = list(FINDINGS)
+        self.task = data.resolved_task()
+        self.findings = list(self.task.labels)  # metrics.csv's auc_<label> columns follow the task
         self.ckpts = CheckpointStore(run_dir.checkpoints_dir)
         self.metrics = MetricsLog(run_dir.metrics_file, self.findings, tensorboard_dir=run_dir.tensorboard_dir)
         self.num_examples = {n: int(len(data.train[n])) for n in data.names}
@@ -194,7 +193,7 @@ class Runner:
         self.evaluator = FederatedValidationEvaluator(
             bundle.keras(), x_test=data.test.x, y_test=data.test.y, val_sets=val_sets, findings=self.findings,
             threshold_rule=cfg.eval.threshold_rule, fixed_threshold=cfg.eval.fixed_threshold,
-            summer=summer,
+            summer=summer, kind=self.task.kind,
         )
         self.engine: Engine
         if tff_engine is None:
@@ -514,6 +513,9 @@ def run_experiment(
             model_cfg = registry.load_model_config(cfg.model.config, **cfg.model.overrides)
             if data is None:
                 data = load_data(cfg, rd, with_masks=registry.uses_masks(model_cfg))
+            task = data.resolved_task()
+            model_cfg = registry.for_task(model_cfg, kind=task.kind, num_outputs=task.num_outputs,
+                                          fixed=cfg.model.overrides, source=source)
             validate_setup(cfg, data, model_cfg, source=source)
             sched = accounting.schedule_for_config(
                 cfg, {n: len(data.train[n]) for n in data.names}, source=source,

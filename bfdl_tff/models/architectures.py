@@ -114,7 +114,7 @@ def _classification_head(cfg: "ModelConfig", features: Any) -> Any:
         x = tf.keras.layers.Dense(cfg.head_units, activation="relu", name="head_hidden")(x)
         if cfg.dropout > 0:
             x = tf.keras.layers.Dropout(cfg.dropout, name="head_hidden_dropout")(x)
-    return tf.keras.layers.Dense(cfg.num_findings, activation="sigmoid", dtype="float32", name="findings",
+    return tf.keras.layers.Dense(cfg.num_findings, activation=cfg.head, dtype="float32", name="findings",
                                  bias_initializer=_output_bias(cfg))(x)
 
 
@@ -123,7 +123,7 @@ def _output_bias(cfg: "ModelConfig") -> Any:
     prevalences (chestxray14_label_stats.json), so training does not first spend its steps on
     learning the label priors (a public statistic: no privacy cost)."""
     tf = _tf()
-    if cfg.output_bias != "prior" or cfg.num_findings != 14:
+    if cfg.output_bias != "prior" or cfg.num_findings != 14 or cfg.head != "sigmoid":
         return "zeros"
     import math
 

@@ -9,6 +9,8 @@ hybrid. The paper names no loss; the standard choice is used:
   are not ignored. ``class_weights`` are an argument, not computed here, because what label
   counts the caller may use is a privacy decision (pooled labels centrally; in the federated arm
   either a public prior or each site's own counts).
+- a **softmax head** (``head: softmax``, multiclass tasks, issue 15.1): categorical cross-entropy
+  over the one-hot ``y`` instead (a binary task is one sigmoid output with the BCE above).
 - **lesion** (hybrids with an active segmentation head): per-pixel binary cross-entropy over the
   pixels whose mask value is 0 or 1; masks filled with **-1** (images without a lesion box, as
   produced by ``bfdl_tff.data.loader``) are ignored. Each example's value is the mean over its
@@ -154,13 +156,17 @@ def build_loss(
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {sorted(_REDUCTIONS)}, got {reduction!r}")
     red = _REDUCTIONS[reduction]
-    if class_weights is not None:
+    if cfg.head == "softmax":  # multiclass task (issue 15.1): one class per image
+        if class_weights is not None:
+            raise ValueError("class_weights apply to sigmoid heads, not a softmax (multiclass) head")
+        bce: tf.keras.losses.Loss = tf.keras.losses.CategoricalCrossentropy(name="findings_cce", reduction=red)
+    elif class_weights is not None:
         w = np.asarray(class_weights, dtype=np.float32).reshape(-1)
         if w.shape != (cfg.num_findings,):
             raise ValueError(f"class_weights must have {cfg.num_findings} values, got shape {w.shape}")
         if not np.all(np.isfinite(w)) or np.any(w <= 0):
             raise ValueError("class_weights must be finite and > 0")
-        bce: tf.keras.losses.Loss = WeightedBinaryCrossentropy(w.tolist(), name="findings_bce", reduction=red)
+        bce = WeightedBinaryCrossentropy(w.tolist(), name="findings_bce", reduction=red)
     else:
         bce = tf.keras.losses.BinaryCrossentropy(name="findings_bce", reduction=red)
     if not uses_masks(cfg):

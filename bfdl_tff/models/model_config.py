@@ -32,6 +32,11 @@ class ModelConfig:
     input_size: int = _c(64, min=16, max=1024)
     channels: int = _c(1, min=1, max=4)
     num_findings: int = _c(14, min=1)
+    # Output activation (issue 15.1): sigmoid (one independent probability per label: multi-label
+    # and binary tasks, binary cross-entropy) or softmax (one class per image: multiclass tasks,
+    # categorical cross-entropy). The runner derives it and num_findings from the data's task
+    # (:func:`for_task`) unless model.overrides set them.
+    head: str = _c("sigmoid", choices=("sigmoid", "softmax"))
     # Base number of filters (small_cnn, resnet_unet_small). The ResNet-50 backbone is fixed.
     width: int = _c(16, min=1, max=512)
     # Residual blocks per encoder stage (resnet_unet_small; the number of stages is len(blocks)).
@@ -107,9 +112,33 @@ class ModelConfig:
         return d
 
 
+#: The head a task needs: task kind -> output activation.
+HEAD_OF_TASK: dict[str, str] = {"multilabel": "sigmoid", "binary": "sigmoid", "multiclass": "softmax"}
+
+
+def for_task(cfg: ModelConfig, *, kind: str, num_outputs: int, fixed: Any = (), source: str = "<model>") -> ModelConfig:
+    """``cfg`` with its head derived from a task (issue 15.1): ``num_findings = num_outputs`` and
+    ``head`` from :data:`HEAD_OF_TASK`. Keys in ``fixed`` (the user's ``model.overrides``) are not
+    derived: a fixed value that contradicts the task raises :class:`ConfigError` naming ``source``."""
+    import dataclasses
+
+    from bfdl_tff.errors import ConfigError
+
+    if kind not in HEAD_OF_TASK:
+        raise ConfigError(source, "task", f"unknown task kind {kind!r} (one of {', '.join(HEAD_OF_TASK)})")
+    want = {"num_findings": int(num_outputs), "head": HEAD_OF_TASK[kind]}
+    for key, value in want.items():
+        if key in fixed and getattr(cfg, key) != value:
+            raise ConfigError(source, f"model.overrides.{key}",
+                              f"is {getattr(cfg, key)!r} but the data's {kind} task with {num_outputs} label(s) needs {value!r}")
+    if kind == "multiclass" and cfg.class_weighting != "none":
+        raise ConfigError(source, "model.class_weighting", "positive-class weighting applies to sigmoid heads, not a multiclass task")
+    return dataclasses.replace(cfg, **want)
+
+
 def uses_masks(cfg: ModelConfig) -> bool:
     """True when the model has an active segmentation head (two outputs, needs masks)."""
     return bool(cfg.seg_head and cfg.seg_loss_weight > 0)
 
 
-__all__ = ["ARCHITECTURES", "HYBRIDS", "NORMS", "RESNET50_STRIDE", "ModelConfig", "uses_masks"]
+__all__ = ["ARCHITECTURES", "HEAD_OF_TASK", "HYBRIDS", "NORMS", "RESNET50_STRIDE", "ModelConfig", "for_task", "uses_masks"]

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from bfdl_tff.config import CONFIG_DIR, from_dict, load_yaml_mapping
 from bfdl_tff.errors import ConfigError
 # The schema lives in its own module (no registry <-> architectures cycle); re-exported here.
-from bfdl_tff.models.model_config import ARCHITECTURES, HYBRIDS, NORMS, RESNET50_STRIDE, ModelConfig, uses_masks
+from bfdl_tff.models.model_config import ARCHITECTURES, HYBRIDS, NORMS, RESNET50_STRIDE, ModelConfig, for_task, uses_masks
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf

@@ -42,12 +42,16 @@ RESULT_FILES = (("REPORT.md", "report (paper vs measured)"), ("table33.md", "Tab
 
 def context_from_args(args: argparse.Namespace) -> Context:
     prof = load_profile(args.profile)
-    data_root = Path(args.data_root) if args.data_root else None
+    data_root = Path(args.data_root) if args.data_root else (REPO_ROOT / prof.data_root if prof.data_root else None)
     if not prof.synthetic and data_root is None and getattr(args, "dry_run", False):
         data_root = Path("DATA_ROOT")  # a dry run reads no data: the path only appears in the configs
     elif not prof.synthetic and data_root is None:
         raise BfdlError(f"--profile {prof.name} needs --data-root DIR (NIH ChestX-ray14: Data_Entry_2017.csv + images/)")
-    return Context(profile=prof, runs=Path(args.runs).resolve(), out=Path(args.out).resolve(), data_root=data_root,
+    if data_root is not None and not data_root.exists() and not getattr(args, "dry_run", False):
+        raise BfdlError(f"--data-root {data_root}: no such file or directory (profile {prof.name})")
+    runs = args.runs or str(REPO_ROOT / (prof.runs or "runs"))
+    out = args.out or str(REPO_ROOT / (prof.results or "results"))
+    return Context(profile=prof, runs=Path(runs).resolve(), out=Path(out).resolve(), data_root=data_root,
                    force=bool(args.force))
 
 
@@ -156,7 +160,10 @@ def _select(args: argparse.Namespace) -> list[Stage]:
     for s in args.stage:
         if s not in STAGE_NAMES:
             raise BfdlError(f"--stage {s}: unknown stage (known: {', '.join(STAGE_NAMES)})")
-    return [s for s in STAGES if not args.stage or s.name in args.stage]
+    if args.stage:
+        return [s for s in STAGES if s.name in args.stage]
+    only = load_profile(args.profile).stages  # a real-data profile may skip stages that make no sense for it
+    return [s for s in STAGES if not only or s.name in only]
 
 
 def _open_state(ctx: Context, base: Path) -> dict[str, Any]:
@@ -270,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", action="append", default=[], metavar="NAME",
                    help=f"run only this stage (repeatable): {', '.join(STAGE_NAMES)}")
     p.add_argument("--force", action="store_true", help="recompute finished stages (old run dirs are moved aside)")
-    p.add_argument("--runs", default=str(REPO_ROOT / "runs"), help="runs root (default: <repo>/runs)")
-    p.add_argument("--out", default=str(REPO_ROOT / "results"), help="results directory (default: <repo>/results)")
+    p.add_argument("--runs", default="", help="runs root (default: the profile's, else <repo>/runs)")
+    p.add_argument("--out", default="", help="results directory (default: the profile's, else <repo>/results)")
     p.add_argument("--list", action="store_true", help="list stages and profiles, then exit")
     p.add_argument("--dry-run", action="store_true",
                    help="print the stages, their run configs and the estimated work; check the configs; train nothing")

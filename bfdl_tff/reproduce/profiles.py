@@ -40,6 +40,11 @@ STAGE_VARIES: dict[str, dict[str, Any]] = {
 #: ``privacy.noise_multiplier`` of the curve's no-noise point: DP-SGD with clipping and the privacy
 #: unit but (practically) no noise (``0`` in the config means "calibrate from target_epsilon").
 NO_NOISE_MULTIPLIER = 1e-7
+#: The stage names a profile's ``stages`` may list (``stages.STAGE_NAMES``, in order; kept here so
+#: profiles do not import the stages module, which imports this one; a test checks they agree).
+KNOWN_STAGES: tuple[str, ...] = ("data", "arms", "ledger_off", "client_dp", "attacks", "ledger_bench", "scalability",
+                                 "privacy_utility", "audit", "privacy_budget", "statistics", "figures", "report",
+                                 "real_data")
 
 
 @dataclass
@@ -133,12 +138,25 @@ class Profile:
     ledger_bench: LedgerBenchStage = field(default_factory=LedgerBenchStage)
     privacy_budget: PrivacyBudgetStage = field(default_factory=PrivacyBudgetStage)
     privacy_utility: PrivacyUtilityStage = field(default_factory=PrivacyUtilityStage)
+    # Real-data profiles (issue 15): the stages this profile runs (empty: every stage), its default
+    # dataset root (--data-root overrides; for source medmnist: the .npz), its own runs / results
+    # folders (relative to the repository root; --runs / --out override) and the label the report
+    # gives its numbers (e.g. "real NIH images, 621-image sample").
+    stages: list[str] = field(default_factory=list)
+    data_root: str = ""
+    runs: str = ""
+    results: str = ""
+    label: str = ""
     name: str = ""
     source: str = ""
 
     def check(self) -> list[tuple[str, str]]:
-        return [(k, "required (a non-empty string)") for k in ("description", "expected_runtime", "experiment")
-                if not getattr(self, k).strip()]
+        problems = [(k, "required (a non-empty string)") for k in ("description", "expected_runtime", "experiment")
+                    if not getattr(self, k).strip()]
+        bad = [s for s in self.stages if s not in KNOWN_STAGES]
+        if bad:
+            problems.append(("stages", f"unknown stage(s) {bad} (known: {', '.join(KNOWN_STAGES)})"))
+        return problems
 
     def experiment_file(self) -> Path:
         return resolve_experiment_config(self.experiment)
@@ -160,8 +178,15 @@ class Profile:
         """One run's config: experiment + overlay + what ``stage`` varies + ``extra`` + per-run keys."""
         d = merge(self.experiment_dict(), STAGE_VARIES.get(stage, {}))
         d = merge(d, extra or {})
-        d = merge(d, {"name": name, "arm": arm, "seed": seed, "data": {"root": str(data_root)}})
+        d = merge(d, {"name": name, "arm": arm, "seed": seed, "data": self.data_keys(data_root)})
         return from_dict(ExperimentConfig, d, source=self._where())
+
+    def data_keys(self, data_root: Path) -> dict[str, str]:
+        """What the dataset root sets: ``data.root``, or for a MedMNIST source ``data.npz`` when the
+        root is a ``.npz`` file (the export directory then stays the experiment's ``data.root``)."""
+        if self.base_config().data.source in ("medmnist", "chestmnist") and Path(data_root).suffix == ".npz":
+            return {"npz": str(data_root)}
+        return {"root": str(data_root)}
 
     def _where(self) -> str:
         return f"{self.experiment_file()} (profile {self.source or self.name})"
@@ -199,6 +224,6 @@ def load_profile(name_or_path: str | Path) -> Profile:
     return prof
 
 
-__all__ = ["NO_NOISE_MULTIPLIER", "PROFILE_DIR", "STAGE_VARIES", "AttacksStage", "LedgerBenchStage",
+__all__ = ["KNOWN_STAGES", "NO_NOISE_MULTIPLIER", "PROFILE_DIR", "STAGE_VARIES", "AttacksStage", "LedgerBenchStage",
            "PrivacyBudgetStage", "PrivacyUtilityStage", "Profile",
            "ScalabilityStage", "SeedsStage", "load_profile", "merge", "profile_names"]

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 from bfdl_tff.config import ARMS
 from bfdl_tff.errors import BfdlError
-from bfdl_tff.io_utils import atomic_write_json
+from bfdl_tff.io_utils import atomic_write_json, atomic_write_text
 from bfdl_tff.reproduce.budget import privacy_budget_settings
 from bfdl_tff.reproduce.context import Context, Failures, run_all
 from bfdl_tff.reproduce.privacy_utility import planned_points, stage_privacy_utility
@@ -45,6 +45,14 @@ def stage_data(ctx: Context) -> list[Path]:
     only read them), or check that ``--data-root`` is an NIH ChestX-ray14 root."""
     root = ctx.data_dir()
     out = ctx.runs / "data" / "data.json"
+    if ctx.base.data.source in ("medmnist", "chestmnist"):  # issue 15: the .npz is read (exported once) at run time
+        from bfdl_tff.data.prepare import resolve_path
+
+        npz = resolve_path(ctx.config("bfdl", 0, name="data").data.npz)
+        if not npz.is_file():
+            raise BfdlError(f"{npz}: no such MedMNIST .npz (profile {ctx.profile.name}; --data-root FILE.npz)")
+        atomic_write_json(out, {"npz": str(npz.resolve()), "synthetic": False})
+        return [out]
     if ctx.base.data.source != "synthetic":
         if not (root / "Data_Entry_2017.csv").is_file() or not (root / "images").is_dir():
             raise BfdlError(f"{root}: not an NIH ChestX-ray14 root (needs Data_Entry_2017.csv and images/)")
@@ -226,6 +234,23 @@ def stage_report(ctx: Context) -> list[Path]:
     return [ctx.out / "REPORT.md", ctx.out / "expected_results.md"]
 
 
+def stage_real_data(ctx: Context) -> list[Path]:
+    """The "Real data" section (issue 15) of a profile on real images (``label`` set): its arms
+    with CIs over seeds, beside MedMNIST's published table for PneumoniaMNIST. Nothing otherwise."""
+    if not ctx.profile.label:
+        ctx.log(f"profile {ctx.profile.name} has no label (synthetic data): no real-data section")
+        return []
+    _paper_figures(ctx, "real-data", ["--label", ctx.profile.label])
+    outs = [ctx.out / "real_data.md", ctx.out / "real_data.json"]
+    report = ctx.out / "REPORT.md"
+    if report.is_file():  # the profile's REPORT.md gets (or has replaced) its "Real data" section
+        text = report.read_text(encoding="utf-8")
+        head = text.split("\n## Real data\n", 1)[0].rstrip("\n")
+        atomic_write_text(report, head + "\n\n" + outs[0].read_text(encoding="utf-8"))
+        outs.append(report)
+    return outs
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -248,6 +273,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("statistics", stage_statistics, "confidence intervals and paired differences", always=True),
     Stage("figures", stage_figures, "figures and tables", always=True),
     Stage("report", stage_report, "results/REPORT.md", always=True),
+    Stage("real_data", stage_real_data, "the 'Real data' section (profiles on real images)", always=True),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

@@ -70,6 +70,22 @@ def _setting(ctx: ReportContext) -> str:
     return "## Setting\n\n" + markdown_table(["", "Value", "Read from"], rows)
 
 
+def _real_data_section(out_dir: Path) -> str:
+    """The real-data profiles' sections (``<out>/runs_*/real_data.md``, written by their own
+    reproductions, issue 15) beside this profile's synthetic results; empty when none exists."""
+    files = sorted(p for p in out_dir.glob("runs_*/real_data.md") if p.resolve().parent != out_dir.resolve())
+    if not files:
+        return ""
+    parts = ["## Real data (other profiles)\n",
+             "Measured by the real-image profiles (`scripts/reproduce_all.sh --profile pneumoniamnist | nih-sample`); "
+             "copied from their result files:\n"]
+    for f in files:
+        text = f.read_text()
+        body = text.split("\n", 1)[1] if text.startswith("## ") else text
+        parts.append(f"Source: `{f.relative_to(out_dir).as_posix()}`\n\n" + body.replace("\n### ", "\n#### ").strip() + "\n")
+    return "\n".join(parts)
+
+
 def build_report(runs_root: str | Path, out_dir: str | Path) -> Path:
     ctx = ReportContext(Path(runs_root), Path(out_dir))
     claims = claim_rows(ctx)
@@ -86,6 +102,7 @@ def build_report(runs_root: str | Path, out_dir: str | Path) -> Path:
         doubtful_claim_2(ctx),
         accounting_section(ctx),
         privacy_utility_section(ctx),
+        _real_data_section(Path(out_dir)),
         "## Figures and tables\n\n" + "\n".join(
             f"- {name}: `{name}.png` / `.pdf` / `.csv`" for name in (
                 "fig2_performance", "fig3_privacy", "fig4_scalability", "fig5_convergence", "ledger_tables",

@@ -25,6 +25,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 TFF_FIXTURES = frozenset({"tff_context", "tff_test_context"})
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """At interpreter exit TensorFlow 2.14's ``AtomicFunction.__del__`` runs after its module's
+    globals are cleared and prints ``Exception ignored ... 'NoneType' object is not subscriptable``
+    for every traced function still alive; at that point there is nothing left to release, so the
+    finaliser is turned off once the session is over (it has no effect on any test)."""
+    import sys
+
+    mod = sys.modules.get("tensorflow.python.eager.polymorphic_function.atomic_function")
+    if mod is not None:
+        mod.AtomicFunction.__del__ = lambda self: None  # type: ignore[method-assign]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that uses a TFF context fixture ``tff``."""
     for item in items:

@@ -54,10 +54,11 @@ def test_dataset_seed_gives_every_hospital_training_images(tmp_path):
     assert len(counts) == 3 and min(counts) >= 4 and f"generator seed {seed}" in lines[0]
 
 
-def test_smoke_one_round_every_arm(tmp_path, capsys):
+@pytest.mark.tff
+def test_smoke_one_round_every_arm(tmp_path, capfd):  # capfd: TFF's worker_binary needs a real stdout fd
     argv = ["--profile", "smoke", "--dry-run", "--one-round", "--stage", "arms", "--runs", str(tmp_path / "r")]
     assert O.main(argv) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert "overriding only: data.source='nih'" in out and "federated.rounds=1" in out
     for arm in ARMS:
         line = re.search(rf"^  {arm} +model cnn32 params ([\d,]+) 32 px; .*: OK$", out, re.M)
@@ -83,8 +84,9 @@ def test_failing_arm_is_reported_and_exit_is_nonzero(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_paper_one_round_every_arm(tmp_path, capsys):  # ResNet-50 + U-Net at 224 px: minutes on a CPU
+@pytest.mark.tff
+def test_paper_one_round_every_arm(tmp_path, capfd):  # ResNet-50 + U-Net at 224 px: minutes on a CPU
     assert O.main(["--profile", "paper", "--one-round", "--stage", "arms", "--runs", str(tmp_path / "r")]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     for arm in ARMS:
         assert re.search(rf"^  {arm} +model resnet50_unet \{{'norm': 'group'\}} params [\d,]+ 224 px; .*: OK$", out, re.M)

@@ -31,12 +31,13 @@ hospital, seconds, OK or the error. Exit 0 only if every arm passed. Timings are
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bfdl_tff.config import ARMS, Arm, ExperimentConfig
 from bfdl_tff.errors import BfdlError, DataError
@@ -96,7 +97,8 @@ def one_round_config(ctx: Context, arm: Arm, *, data_root: Path, keystore: Path)
     return from_dict(ExperimentConfig, d, source=f"{ctx.profile.experiment_file()} (one-round check)")
 
 
-def make_dataset(cfg: ExperimentConfig, root: Path, *, n_images: int, log: Any = print) -> int:
+def make_dataset(cfg: ExperimentConfig, root: Path, *, n_images: int,
+                 log: Callable[[str], None] = print) -> int:
     """Write ``n_images`` synthetic NIH-layout images at ``cfg.data.image_size`` under ``root``
     with the first generator seed whose dataset ``cfg``'s own partition accepts; that seed."""
     from bfdl_tff.data.prepare import make_manifests
@@ -179,8 +181,6 @@ def one_round(ctx: Context, *, n_images: int = DEFAULT_IMAGES, keep: Path | None
               + (f"; runs kept under {work}" if keep is not None else ""), flush=True)
         return 1 if failed else 0
     finally:
-        import sys
-
         if "bfdl_tff.tff_runtime" in sys.modules:
             sys.modules["bfdl_tff.tff_runtime"].shutdown_workers()
         if keep is None:

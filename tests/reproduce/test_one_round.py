@@ -70,7 +70,11 @@ def test_smoke_one_round_every_arm(tmp_path, capfd):  # capfd: TFF's worker_bina
     assert (run / "summary.json").is_file() and (run / "ledger" / "genesis.json").is_file()
 
 
-def test_failing_arm_is_reported_and_exit_is_nonzero(tmp_path, capsys):
+def test_failing_arm_is_reported_and_exit_is_nonzero(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # the check's temporary directory
     # an epsilon no noise multiplier <= 0.5 reaches: the B-FDL arm fails at calibration, before training
     exp = load_yaml_mapping(REPO / "configs" / "experiments" / "smoke.yaml")
     exp.setdefault("privacy", {})["max_noise_multiplier"] = 0.5
@@ -81,6 +85,7 @@ def test_failing_arm_is_reported_and_exit_is_nonzero(tmp_path, capsys):
     assert one_round(ctx, arms=("bfdl",)) == 1
     out = capsys.readouterr().out
     assert re.search(r"^  bfdl .*: ERROR: .*epsilon", out, re.M) and "FAILED for bfdl" in out
+    assert not list((tmp_path / "tmp").iterdir())  # deleted afterwards (no --runs)
 
 
 @pytest.mark.slow

@@ -11,6 +11,10 @@
 #   scripts/reproduce_all.sh --stage arms             re-run one stage (repeatable); finished stages
 #                                                     are skipped unless --force
 #   scripts/reproduce_all.sh --list                   stages and profiles
+#   scripts/reproduce_all.sh --profile paper --dry-run --one-round --stage arms
+#                                                     one round of each paper arm (ResNet-50 + U-Net,
+#                                                     224 px, DP, secure aggregation, ledger) on 24
+#                                                     synthetic images: ~6 min on 2 CPU cores
 #
 # Profiles are configs/profiles/<name>.yaml; each names the experiment config under
 # configs/experiments/ that every run uses (docs/reproduction.md, "Profiles").

@@ -207,6 +207,10 @@ def dry_run(args: argparse.Namespace) -> int:
         total_runs += len(mine)
     print(f"reproduce: dry run: {total_runs} training runs, {total_work:,} image passes (passes x training images; "
           f"an estimate from the configs); every run config passed the config check", flush=True)
+    if getattr(args, "one_round", False):
+        from bfdl_tff.reproduce.one_round import one_round
+
+        return one_round(ctx, n_images=args.one_round_images, keep=Path(args.runs).resolve() if args.runs else None)
     return 0
 
 
@@ -282,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list stages and profiles, then exit")
     p.add_argument("--dry-run", action="store_true",
                    help="print the stages, their run configs and the estimated work; check the configs; train nothing")
+    p.add_argument("--one-round", action="store_true",
+                   help="with --dry-run: also train one round of every arm exactly as the profile would, on a tiny "
+                        "synthetic dataset at the profile's image size (docs/reproduction.md); a temporary directory "
+                        "unless --runs is given (then <runs>/one_round/)")
+    p.add_argument("--one-round-images", type=int, default=24, metavar="N",
+                   help="synthetic images of the one-round check (default 24: about 4-6 training images per hospital)")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     return p
 
@@ -302,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.worker:
             return worker(args)
+        if args.one_round and args.one_round_images < 10:
+            raise BfdlError(f"--one-round-images {args.one_round_images}: need at least 10 images")
+        if args.one_round:  # implies --dry-run
+            args.dry_run = True
         if args.dry_run:
             return dry_run(args)
         return orchestrate(args)

@@ -10,9 +10,13 @@ listening. Here:
 
 * **The worker cannot outlive its parent**: before a context is installed, TFF's module-level
   ``subprocess`` in ``executor_factory`` is replaced by a proxy whose ``Popen`` starts the worker
-  with a parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)`` in the child before ``exec``),
-  so the kernel kills it when the thread that started it ends: on SIGKILL of Python, on any exit,
-  and when the context (its event-loop thread) is discarded.
+  with a parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``, set by a tiny exec wrapper
+  that then ``execv``s the worker; the setting survives ``exec``), so the kernel kills it when the
+  thread that started it ends: on SIGKILL of Python, on any exit, and when the context (its
+  event-loop thread) is discarded. No ``preexec_fn``: Python code between ``fork`` and ``exec`` in
+  this multi-threaded process (gRPC, TensorFlow threads) aborted the child now and then ("Fatal
+  Python error: Aborted" in ``_execute_child``) and hung TFF's retrying executor; without it
+  ``subprocess`` spawns with ``vfork`` and runs no Python in the child.
 * **Clean shutdown**: :func:`execution_context` stops the worker on exit (and at interpreter exit)
   by its ``Popen``; a stopped worker no longer counts as a ``Popen`` for TFF's own
   ``ServiceManager.__del__``, which would otherwise signal a PID that was already reaped
@@ -38,7 +42,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import gc
 import logging
 import os
@@ -60,29 +63,36 @@ _current: ContextKind | None = None
 # ---------------------------------------------------------------------------------------------
 
 _PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 _spawned: "weakref.WeakSet[subprocess.Popen[bytes]]" = weakref.WeakSet()
 _started = 0  # workers started by this process (for the tests' tff-marker check)
 
 
-def _die_with_parent(parent_pid: int) -> Any:
-    """A ``preexec_fn``: SIGKILL this child when its parent (thread) ends; exit if already gone."""
+#: Run as ``python -I -S -c _EXEC_WRAPPER <parent pid> <program> <args...>``: arm the parent-death
+#: signal, give up if the parent is already gone, then become the program (same PID, so the signal
+#: stays armed for it).
+_EXEC_WRAPPER = (
+    "import ctypes, os, sys\n"
+    f"ctypes.CDLL(None, use_errno=True).prctl({_PR_SET_PDEATHSIG}, {int(signal.SIGKILL)}, 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
-    def preexec() -> None:
-        _libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died between fork and prctl
-            os._exit(1)
 
-    return preexec
+def die_with_parent_argv(args: Sequence[str], parent_pid: int) -> list[str]:
+    """``args`` behind the exec wrapper: the program gets SIGKILL when ``parent_pid``'s starting
+    thread ends (and never starts if that process is already gone)."""
+    return [sys.executable, "-I", "-S", "-c", _EXEC_WRAPPER, str(parent_pid), *[str(a) for a in args]]
 
 
 class WorkerPopen(subprocess.Popen):  # type: ignore[type-arg]
     """``subprocess.Popen`` for TFF's worker: dies with its parent, tracked for shutdown."""
 
     def __init__(self, args: Sequence[str], **kwargs: Any) -> None:
-        kwargs.setdefault("preexec_fn", _die_with_parent(os.getpid()))
         kwargs.setdefault("stdin", subprocess.DEVNULL)
-        super().__init__(args, **kwargs)
+        if isinstance(args, (str, bytes)):
+            args = [args]
+        super().__init__(die_with_parent_argv(list(args), os.getpid()), **kwargs)
         global _started
         _started += 1
         _spawned.add(self)

@@ -152,31 +152,6 @@ def predict_findings(keras_model, x: np.ndarray, *, batch_size: int = 256) -> np
     return np.asarray(out)
 
 
-def evaluate_model(
-    keras_model,
-    *,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
-    x_val: np.ndarray | None,
-    y_val: np.ndarray | None,
-    findings: Sequence[str],
-    threshold_rule: str,
-    fixed_threshold: float = 0.5,
-    batch_size: int = 256,
-    kind: str = "multilabel",
-) -> EvalResult:
-    """Predict on validation (thresholds) and test, and compute every metric."""
-    if x_val is not None and len(x_val) and threshold_rule != "fixed":
-        p_val = predict_findings(keras_model, x_val, batch_size=batch_size)
-        thresholds = choose_thresholds(y_val, p_val, rule=threshold_rule, findings=findings, fixed=fixed_threshold)
-        rule = threshold_rule
-    else:
-        thresholds = {f: float(fixed_threshold) for f in findings}
-        rule = "fixed" if threshold_rule == "fixed" else f"fixed (no validation data for {threshold_rule})"
-    p_test = predict_findings(keras_model, x_test, batch_size=batch_size)
-    return evaluate_predictions(y_test, p_test, findings=findings, thresholds=thresholds, threshold_rule=rule, kind=kind)
-
-
 @runtime_checkable
 class Evaluator(Protocol):
     """Scores a global model (Keras ``get_weights()`` order) after a round; the runner calls it
@@ -185,50 +160,4 @@ class Evaluator(Protocol):
     def evaluate(self, weights: Sequence[np.ndarray]) -> EvalResult: ...
 
 
-class TestSplitEvaluator:
-    """The server-side evaluation of the paper (3.2/3.3): the global model on the pooled,
-    patient-disjoint test split, with per-finding thresholds from the hospitals' pooled
-    validation data (``eval.threshold_rule``)."""
-
-    def __init__(
-        self,
-        keras_model: Any,
-        *,
-        x_test: np.ndarray,
-        y_test: np.ndarray,
-        x_val: np.ndarray | None,
-        y_val: np.ndarray | None,
-        findings: Sequence[str],
-        threshold_rule: str,
-        fixed_threshold: float = 0.5,
-        kind: str = "multilabel",
-    ) -> None:
-        self.model = keras_model
-        self.x_test, self.y_test = x_test, y_test
-        has_val = x_val is not None and len(x_val) > 0
-        self.x_val, self.y_val = (x_val, y_val) if has_val else (None, None)
-        self.findings = list(findings)
-        self.threshold_rule, self.fixed_threshold = threshold_rule, fixed_threshold
-        self.kind = kind
-
-    def predict_test(self, weights: Sequence[np.ndarray]) -> np.ndarray:
-        """The model's test-split scores ``[N, L]`` (saved with the released model)."""
-        self.model.set_weights(list(weights))
-        return predict_findings(self.model, self.x_test)
-
-    def evaluate(self, weights: Sequence[np.ndarray]) -> EvalResult:
-        self.model.set_weights(list(weights))
-        return evaluate_model(
-            self.model,
-            x_test=self.x_test,
-            y_test=self.y_test,
-            x_val=self.x_val,
-            y_val=self.y_val,
-            findings=self.findings,
-            threshold_rule=self.threshold_rule,
-            fixed_threshold=self.fixed_threshold,
-            kind=self.kind,
-        )
-
-
-__all__ = ["EvalResult", "Evaluator", "TestSplitEvaluator", "binary_cross_entropy", "categorical_cross_entropy", "choose_thresholds", "evaluate_model", "evaluate_predictions", "predict_findings"]
+__all__ = ["EvalResult", "Evaluator", "binary_cross_entropy", "categorical_cross_entropy", "choose_thresholds", "evaluate_predictions", "predict_findings"]

@@ -74,31 +74,19 @@ def psnr(a: np.ndarray, b: np.ndarray, *, max_val: float = 1.0) -> float:
 
 def ssim(a: np.ndarray, b: np.ndarray, *, max_val: float = 1.0) -> float:
     """Structural similarity of two images ``[H, W, C]`` with values in [0, max_val]."""
-    import tensorflow as tf
-
     a = np.asarray(a, np.float32)
     b = np.asarray(b, np.float32)
     if a.shape != b.shape or a.ndim != 3:
         raise ValueError(f"ssim needs two [H, W, C] images of the same shape, got {a.shape} and {b.shape}")
-    size = int(min(11, a.shape[0], a.shape[1]))
-    sigma = 1.5 * size / 11.0
-    val = tf.image.ssim(tf.constant(a), tf.constant(b), max_val=max_val, filter_size=size, filter_sigma=sigma)
-    return float(val.numpy())
+    return float(ssim_pairs(a[None], b[None], max_val=max_val)[0])
 
 
 def ssim_matrix(recs: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """SSIM of every reconstruction (rows) against every target (columns)."""
-    import tensorflow as tf
-
     recs = np.asarray(recs, np.float32)
     targets = np.asarray(targets, np.float32)
     r, t = len(recs), len(targets)
-    size = int(min(11, recs.shape[1], recs.shape[2]))
-    sigma = 1.5 * size / 11.0
-    a = np.repeat(recs, t, axis=0)
-    b = np.tile(targets, (r, 1, 1, 1))
-    vals = tf.image.ssim(tf.constant(a), tf.constant(b), max_val=1.0, filter_size=size, filter_sigma=sigma)
-    return vals.numpy().reshape(r, t).astype(np.float64)
+    return ssim_pairs(np.repeat(recs, t, axis=0), np.tile(targets, (r, 1, 1, 1))).reshape(r, t)
 
 
 def standardise(x: np.ndarray) -> np.ndarray:
@@ -118,8 +106,9 @@ def calibrate(recs: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def ssim_pairs(a: np.ndarray, b: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
-    """SSIM of ``a[i]`` against ``b[i]`` for image stacks ``[N, H, W, C]`` (in chunks)."""
+def ssim_pairs(a: np.ndarray, b: np.ndarray, *, chunk: int = 4096, max_val: float = 1.0) -> np.ndarray:
+    """SSIM of ``a[i]`` against ``b[i]`` for image stacks ``[N, H, W, C]`` (in chunks); an 11-pixel
+    Gaussian window (sigma 1.5), shrunk to the image for images under 11 pixels."""
     import tensorflow as tf
 
     a = np.asarray(a, np.float32)
@@ -128,7 +117,7 @@ def ssim_pairs(a: np.ndarray, b: np.ndarray, *, chunk: int = 4096) -> np.ndarray
         raise ValueError(f"ssim_pairs needs two [N, H, W, C] stacks of the same shape, got {a.shape} and {b.shape}")
     size = int(min(11, a.shape[1], a.shape[2]))
     sigma = 1.5 * size / 11.0
-    out = [tf.image.ssim(tf.constant(a[i : i + chunk]), tf.constant(b[i : i + chunk]), max_val=1.0,
+    out = [tf.image.ssim(tf.constant(a[i : i + chunk]), tf.constant(b[i : i + chunk]), max_val=max_val,
                          filter_size=size, filter_sigma=sigma).numpy() for i in range(0, len(a), chunk)]
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 

@@ -8,21 +8,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from integration_helpers import tiny_bfdl_config
 
 pytestmark = [pytest.mark.tff]
 
 
 def _cfg(rounds: int = 2):
-    from bfdl_tff.config import ExperimentConfig
-
-    cfg = ExperimentConfig(name="e2e", arm="bfdl", seed=0)
-    cfg.model.overrides = {"input_size": 16, "width": 8}
-    cfg.federated.rounds = rounds
-    cfg.federated.batch_size = 8
-    cfg.privacy.mode = "sample"
-    cfg.privacy.target_epsilon = 1.0
-    cfg.ledger.replicas = 4
-    return cfg
+    return tiny_bfdl_config("e2e", rounds)
 
 
 def test_bfdl_arm_end_to_end_then_audit(tmp_path, no_key_material):

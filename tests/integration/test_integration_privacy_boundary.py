@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
+from integration_helpers import tiny_bfdl_config
 
 pytestmark = [pytest.mark.tff]
 
@@ -20,16 +21,7 @@ PRIVATE = ("train_loss", "clipped_fraction")
 
 
 def _cfg(rounds: int = 2):
-    from bfdl_tff.config import ExperimentConfig
-
-    cfg = ExperimentConfig(name="boundary", arm="bfdl", seed=0)
-    cfg.model.overrides = {"input_size": 16, "width": 8}
-    cfg.federated.rounds = rounds
-    cfg.federated.batch_size = 8
-    cfg.privacy.mode = "sample"
-    cfg.privacy.target_epsilon = 1.0
-    cfg.ledger.replicas = 4
-    return cfg
+    return tiny_bfdl_config("boundary", rounds)
 
 
 def server_side_files(run: Path) -> list[Path]:
